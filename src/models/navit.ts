@@ -1,0 +1,591 @@
+/**
+ * NaViT (Patch n' Pack; Dehghani et al., 2023, arXiv 2307.06304) as vit-pytorch's
+ * `na_vit.NaViT` computes it (lucidrains/vit-pytorch, `vit_pytorch/na_vit.py`):
+ *
+ * - each image is cut into `p × p` patches at its own resolution, a patch flattened as
+ *   `(c p1 p2)`, embedded by LayerNorm → Linear → LayerNorm;
+ * - factorized absolute 2-D positions: `pos_embed_height[row] + pos_embed_width[col]`;
+ * - pre-norm blocks whose LayerNorms have a fixed `beta` buffer, bias-free q / kv / out
+ *   projections, and per-head RMS norms of q and k (`F.normalize · √d · gamma`) that
+ *   replace the usual `d^-½` scale;
+ * - a final LayerNorm, then attention pooling: one learned query per image attends to
+ *   that image's tokens, plus the query as residual; then LayerNorm → Linear (no bias).
+ *
+ * vit-pytorch pads the packed sequences of a batch to one length and masks attention to
+ * `image_id(i) == image_id(j)` and to real keys. Here a packed sequence is the images'
+ * tokens stacked with one segment id per image and nothing else: a query's softmax runs
+ * over exactly the keys the mask leaves (the same image's tokens), every other op works
+ * row by row, and padded rows only ever produce outputs that vit-pytorch discards. So the
+ * results are the same, without computing the padding or the masked blocks.
+ *
+ * @module
+ */
+
+import type { Backend, LinearWeights, Precision, Tensor } from "../backends/backend.ts";
+import { EdgeVitError } from "../errors.ts";
+import type { HostTensor, WeightStore } from "../loaders/weights.ts";
+import { packGreedy, validateGroups } from "./packing.ts";
+import type { ForwardOptions, ForwardOutput, PackedImage, VisionArchitecture } from "./types.ts";
+
+/** vit-pytorch `NaViT` constructor arguments (the ones inference needs). */
+export interface NaViTConfig {
+  /** Largest image: `[height, width]` (an int in kwargs means a square). */
+  imageSize: [number, number];
+  patchSize: number;
+  numClasses: number;
+  dim: number;
+  depth: number;
+  heads: number;
+  dimHead: number;
+  mlpDim: number;
+  channels: number;
+}
+
+/** F.layer_norm's default. */
+const LAYER_NORM_EPS = 1e-5;
+
+/**
+ * Reads NaViT's kwargs as vit-pytorch's constructor takes them.
+ *
+ * @throws {EdgeVitError} `invalid_config` for missing or malformed fields
+ *
+ * @example
+ * ```ts
+ * import { parseNaViTConfig } from "./navit.ts";
+ * const config = parseNaViTConfig({
+ *   image_size: 64, patch_size: 8, num_classes: 10, dim: 64, depth: 2, heads: 4, mlp_dim: 128,
+ * });
+ * console.log(config.imageSize, config.dimHead); // [64, 64] 64
+ * ```
+ */
+export function parseNaViTConfig(kwargs: Record<string, unknown>): NaViTConfig {
+  const int = (name: string, fallback?: number): number => {
+    const value = kwargs[name] ?? fallback;
+    if (!Number.isInteger(value) || (value as number) < 1) {
+      throw new EdgeVitError(
+        "invalid_config",
+        `NaViT kwargs.${name} must be a positive integer, got ${JSON.stringify(value)}`,
+      );
+    }
+    return value as number;
+  };
+  const size = kwargs.image_size;
+  const imageSize: [number, number] = Array.isArray(size) && size.length === 2
+    ? [size[0], size[1]]
+    : [size as number, size as number];
+  if (!imageSize.every((side) => Number.isInteger(side) && side >= 1)) {
+    throw new EdgeVitError(
+      "invalid_config",
+      `NaViT kwargs.image_size must be an int or [height, width], got ${JSON.stringify(size)}`,
+    );
+  }
+  const config: NaViTConfig = {
+    imageSize,
+    patchSize: int("patch_size"),
+    numClasses: int("num_classes"),
+    dim: int("dim"),
+    depth: int("depth"),
+    heads: int("heads"),
+    dimHead: int("dim_head", 64),
+    mlpDim: int("mlp_dim"),
+    channels: int("channels", 3),
+  };
+  if (imageSize.some((side) => side % config.patchSize !== 0)) {
+    throw new EdgeVitError(
+      "invalid_config",
+      `NaViT image_size [${imageSize}] is not a multiple of patch_size ${config.patchSize}`,
+    );
+  }
+  return config;
+}
+
+/** Limits an image must respect to be fed to a NaViT as it is. */
+export interface NaViTLimits {
+  patchSize: number;
+  /** Largest height and width (the model's `image_size`). */
+  maxHeight: number;
+  maxWidth: number;
+  /** Most patches per image (default: the whole `image_size` grid). */
+  maxPatches?: number;
+}
+
+/**
+ * The resize policy for feeding arbitrary images to a NaViT: keep the aspect ratio,
+ * shrink (never enlarge) by the one factor that fits the image within `maxHeight ×
+ * maxWidth` and within `maxPatches` patches, then round each side to the nearest multiple
+ * of the patch size (down where rounding up would break a limit; at least one patch).
+ * Small images keep their few tokens, which is where NaViT saves work over a fixed size.
+ *
+ * @param height source height in pixels
+ * @param width source width in pixels
+ * @returns the size to resize to: both sides multiples of `patchSize`, within the limits
+ * @throws {EdgeVitError} `invalid_argument` for a non-positive size
+ *
+ * @example
+ * ```ts
+ * import { navitTargetSize } from "./navit.ts";
+ * // a 480×640 photo for a 224² model with 16-pixel patches
+ * console.log(navitTargetSize(480, 640, { patchSize: 16, maxHeight: 224, maxWidth: 224 }));
+ * // { height: 176, width: 224 }
+ * ```
+ */
+export function navitTargetSize(
+  height: number,
+  width: number,
+  limits: NaViTLimits,
+): { height: number; width: number } {
+  if (!(height > 0 && width > 0 && Number.isFinite(height) && Number.isFinite(width))) {
+    throw new EdgeVitError("invalid_argument", `image size ${height}×${width} is not positive`);
+  }
+  const p = limits.patchSize;
+  const maxH = Math.floor(limits.maxHeight / p);
+  const maxW = Math.floor(limits.maxWidth / p);
+  const maxPatches = limits.maxPatches ?? maxH * maxW;
+  const scale = Math.min(
+    1,
+    limits.maxHeight / height,
+    limits.maxWidth / width,
+    Math.sqrt((maxPatches * p * p) / (height * width)),
+  );
+  let rows = Math.min(maxH, Math.max(1, Math.round((height * scale) / p)));
+  let cols = Math.min(maxW, Math.max(1, Math.round((width * scale) / p)));
+  // Rounding both sides up can overshoot the patch budget: give back on the longer side.
+  while (rows * cols > maxPatches && (rows > 1 || cols > 1)) {
+    if (rows >= cols) rows--;
+    else cols--;
+  }
+  return { height: rows * p, width: cols * p };
+}
+
+interface Block {
+  norm: [Tensor, Tensor];
+  /** to_q and the k half of to_kv stacked: `[2·inner, dim]`. */
+  qk: LinearWeights;
+  /** The v half of to_kv: `[inner, dim]`. */
+  v: LinearWeights;
+  /** q_norm and k_norm gammas, head-major: `[2·inner]`. */
+  qkGamma: Tensor;
+  out: LinearWeights;
+  ffNorm: [Tensor, Tensor];
+  ff1: LinearWeights;
+  ff2: LinearWeights;
+}
+
+interface Pool {
+  norm: [Tensor, Tensor];
+  q: LinearWeights;
+  k: LinearWeights;
+  v: LinearWeights;
+  qGamma: Tensor;
+  kGamma: Tensor;
+  out: LinearWeights;
+}
+
+/**
+ * vit-pytorch's NaViT on a backend.
+ *
+ * @example
+ * ```ts
+ * import { ReferenceBackend } from "../backends/reference/reference_backend.ts";
+ * import { parseSafetensors } from "../loaders/safetensors.ts";
+ * import { WeightStore } from "../loaders/weights.ts";
+ * import { NaViT } from "./navit.ts";
+ * const dir = "../shared/fixtures/parity/vitpytorch-navit";
+ * const config = JSON.parse(await Deno.readTextFile(`${dir}/config.json`));
+ * const file = parseSafetensors(await Deno.readFile(`${dir}/model.safetensors`));
+ * const model = NaViT.build(
+ *   new ReferenceBackend(),
+ *   config.kwargs,
+ *   WeightStore.fromSafetensors(file.tensors.values()),
+ * );
+ * const image = { data: new Float32Array(3 * 16 * 24), height: 16, width: 24 };
+ * const { logits } = await model.forwardPacked([image, image]);
+ * console.log(logits.length); // 20
+ * model.dispose();
+ * ```
+ */
+export class NaViT implements VisionArchitecture {
+  readonly numClasses: number;
+  readonly channels: number;
+  readonly inputSize = null;
+  readonly patchSize: number;
+  readonly precision: Precision;
+  readonly config: NaViTConfig;
+  /** Longest packed sequence one pass takes when the caller gives no groups. */
+  readonly maxSequenceLength: number;
+
+  readonly #backend: Backend;
+  readonly #tensors: Tensor[] = [];
+  readonly #linears: LinearWeights[] = [];
+  readonly #patchNorm: [Tensor, Tensor];
+  readonly #patchLinear: LinearWeights;
+  readonly #embedNorm: [Tensor, Tensor];
+  readonly #posHeight: Tensor; // [maxRows, dim]
+  readonly #posWidth: Tensor; // [maxCols, dim]
+  readonly #blocks: Block[] = [];
+  readonly #finalNorm: [Tensor, Tensor];
+  readonly #poolQuery: Float32Array; // [dim]
+  readonly #pool: Pool;
+  readonly #headNorm: [Tensor, Tensor];
+  readonly #head: LinearWeights;
+
+  private constructor(
+    backend: Backend,
+    config: NaViTConfig,
+    store: WeightStore,
+    precision: Precision,
+    maxSequenceLength: number | undefined,
+  ) {
+    this.#backend = backend;
+    this.config = config;
+    this.precision = precision;
+    this.numClasses = config.numClasses;
+    this.channels = config.channels;
+    this.patchSize = config.patchSize;
+    const { dim, heads, dimHead, mlpDim, channels, patchSize, depth } = config;
+    const inner = heads * dimHead;
+    const patchDim = channels * patchSize * patchSize;
+    const rows = config.imageSize[0] / patchSize;
+    const cols = config.imageSize[1] / patchSize;
+    this.maxSequenceLength = maxSequenceLength ?? rows * cols;
+
+    const vector = (name: string, length: number): Tensor =>
+      this.#upload(store.get(name, [length]).data, [length]);
+    const norm = (prefix: string, length: number): [Tensor, Tensor] => [
+      vector(`${prefix}.gamma`, length),
+      vector(`${prefix}.beta`, length),
+    ];
+    const linear = (weight: HostTensor, bias: HostTensor | null): LinearWeights => {
+      const prepared = backend.prepareLinear({
+        weight: weight.data,
+        bias: bias?.data ?? null,
+        outFeatures: weight.shape[0],
+        inFeatures: weight.shape[1],
+      }, { precision });
+      this.#linears.push(prepared);
+      return prepared;
+    };
+    const headGamma = (name: string): Float32Array => store.get(name, [heads, 1, dimHead]).data;
+    const rowsOf = (tensor: HostTensor, from: number, to: number): HostTensor => ({
+      shape: [to - from, tensor.shape[1]],
+      data: tensor.data.subarray(from * tensor.shape[1], to * tensor.shape[1]),
+    });
+
+    this.#patchNorm = norm("to_patch_embedding.0", patchDim);
+    this.#patchLinear = linear(
+      store.get("to_patch_embedding.1.weight", [dim, patchDim]),
+      store.get("to_patch_embedding.1.bias", [dim]),
+    );
+    this.#embedNorm = norm("to_patch_embedding.2", dim);
+    this.#posHeight = this.#upload(store.get("pos_embed_height", [rows, dim]).data, [rows, dim]);
+    this.#posWidth = this.#upload(store.get("pos_embed_width", [cols, dim]).data, [cols, dim]);
+
+    for (let layer = 0; layer < depth; layer++) {
+      const prefix = `transformer.layers.${layer}`;
+      const toQ = store.get(`${prefix}.0.to_q.weight`, [inner, dim]);
+      const toKv = store.get(`${prefix}.0.to_kv.weight`, [2 * inner, dim]);
+      const qkWeight = new Float32Array(2 * inner * dim);
+      qkWeight.set(toQ.data);
+      qkWeight.set(toKv.data.subarray(0, inner * dim), inner * dim);
+      const qkGamma = new Float32Array(2 * inner);
+      qkGamma.set(headGamma(`${prefix}.0.q_norm.gamma`));
+      qkGamma.set(headGamma(`${prefix}.0.k_norm.gamma`), inner);
+      this.#blocks.push({
+        norm: norm(`${prefix}.0.norm`, dim),
+        qk: linear({ shape: [2 * inner, dim], data: qkWeight }, null),
+        v: linear(rowsOf(toKv, inner, 2 * inner), null),
+        qkGamma: this.#upload(qkGamma, [2 * inner]),
+        out: linear(store.get(`${prefix}.0.to_out.0.weight`, [dim, inner]), null),
+        ffNorm: norm(`${prefix}.1.0`, dim),
+        ff1: linear(
+          store.get(`${prefix}.1.1.weight`, [mlpDim, dim]),
+          store.get(`${prefix}.1.1.bias`, [mlpDim]),
+        ),
+        ff2: linear(
+          store.get(`${prefix}.1.4.weight`, [dim, mlpDim]),
+          store.get(`${prefix}.1.4.bias`, [dim]),
+        ),
+      });
+    }
+    this.#finalNorm = norm("transformer.norm", dim);
+
+    this.#poolQuery = new Float32Array(store.get("attn_pool_queries", [dim]).data);
+    const poolKv = store.get("attn_pool.to_kv.weight", [2 * inner, dim]);
+    this.#pool = {
+      norm: norm("attn_pool.norm", dim),
+      q: linear(store.get("attn_pool.to_q.weight", [inner, dim]), null),
+      k: linear(rowsOf(poolKv, 0, inner), null),
+      v: linear(rowsOf(poolKv, inner, 2 * inner), null),
+      qGamma: this.#upload(headGamma("attn_pool.q_norm.gamma"), [inner]),
+      kGamma: this.#upload(headGamma("attn_pool.k_norm.gamma"), [inner]),
+      out: linear(store.get("attn_pool.to_out.0.weight", [dim, inner]), null),
+    };
+    this.#headNorm = norm("mlp_head.0", dim);
+    this.#head = linear(store.get("mlp_head.1.weight", [config.numClasses, dim]), null);
+    store.assertAllUsed();
+  }
+
+  /**
+   * Builds a NaViT from vit-pytorch kwargs and a state dict.
+   *
+   * @param backend where the weights go and the ops run
+   * @param kwargs the `NaViT(...)` constructor arguments (config.json's `kwargs`)
+   * @param store the checkpoint's tensors under vit-pytorch's names
+   * @param options `precision` of the linear layers; `maxSequenceLength` of the packer
+   *   (default: the model's most patches per image)
+   * @throws {EdgeVitError} `invalid_config` / `invalid_checkpoint` when config and weights
+   *   do not fit
+   */
+  static build(
+    backend: Backend,
+    kwargs: Record<string, unknown>,
+    store: WeightStore,
+    options: { precision?: Precision; maxSequenceLength?: number } = {},
+  ): NaViT {
+    const config = parseNaViTConfig(kwargs);
+    return new NaViT(
+      backend,
+      config,
+      store,
+      options.precision ?? "f32",
+      options.maxSequenceLength,
+    );
+  }
+
+  get backend(): Backend {
+    return this.#backend;
+  }
+
+  /**
+   * A uniform batch `[n, channels, height, width]`, each image run as NaViT runs it at
+   * that resolution (packed by the greedy packer).
+   */
+  forward(
+    pixels: Float32Array,
+    shape: readonly [number, number, number, number],
+    options?: ForwardOptions,
+  ): Promise<ForwardOutput> {
+    const [n, channels, height, width] = shape;
+    const size = channels * height * width;
+    if (!shape.every((dim) => Number.isInteger(dim) && dim >= 1) || pixels.length !== n * size) {
+      return Promise.reject(
+        new EdgeVitError(
+          "invalid_argument",
+          `pixels hold ${pixels.length} values, shape [${shape}] needs ${n * size}`,
+        ),
+      );
+    }
+    if (channels !== this.channels) {
+      return Promise.reject(
+        new EdgeVitError(
+          "invalid_argument",
+          `the model takes ${this.channels} channels, got ${channels}`,
+        ),
+      );
+    }
+    const images = Array.from({ length: n }, (_, i) => ({
+      data: pixels.subarray(i * size, (i + 1) * size),
+      height,
+      width,
+    }));
+    return this.forwardPacked(images, undefined, options);
+  }
+
+  /**
+   * Classifies images of different sizes, packed into sequences.
+   *
+   * @param images normalized `[channels, height, width]` images; sides must be multiples
+   *   of the patch size and within the model's `image_size` (see {@link navitTargetSize})
+   * @param groups which images share a packed sequence (indices into `images`, each image
+   *   once); default: {@link packGreedy} up to {@link maxSequenceLength} tokens
+   * @returns logits with row `i` for image `i`, whatever sequence it was packed in
+   * @throws {EdgeVitError} `invalid_argument` for a bad image or bad groups
+   */
+  async forwardPacked(
+    images: readonly PackedImage[],
+    groups?: readonly (readonly number[])[],
+    _options?: ForwardOptions,
+  ): Promise<ForwardOutput> {
+    if (images.length === 0) {
+      throw new EdgeVitError("invalid_argument", "forwardPacked needs at least one image");
+    }
+    const grids = images.map((image, i) => this.#grid(image, i));
+    const lengths = grids.map(([rows, cols]) => rows * cols);
+    if (groups) validateGroups(groups, images.length);
+    const sequences = groups ?? packGreedy(lengths, this.maxSequenceLength);
+    const { numClasses } = this.config;
+    const logits = new Float32Array(images.length * numClasses);
+    for (const group of sequences) {
+      const rows = await this.#runSequence(group.map((i) => images[i]), group.map((i) => grids[i]));
+      group.forEach((image, k) => {
+        logits.set(rows.subarray(k * numClasses, (k + 1) * numClasses), image * numClasses);
+      });
+    }
+    return { logits, tokensPerImage: lengths };
+  }
+
+  /** Frees the uploaded weights. */
+  dispose(): void {
+    for (const tensor of this.#tensors.splice(0)) this.#backend.release(tensor);
+    for (const linear of this.#linears.splice(0)) this.#backend.releaseLinear(linear);
+  }
+
+  #upload(data: Float32Array, shape: number[]): Tensor {
+    const tensor = this.#backend.upload(data, shape);
+    this.#tensors.push(tensor);
+    return tensor;
+  }
+
+  /** Validates an image and returns its patch grid `[rows, cols]`. */
+  #grid(image: PackedImage, index: number): [number, number] {
+    const { patchSize: p, channels, imageSize } = this.config;
+    const { height, width, data } = image;
+    const fail = (message: string): never => {
+      throw new EdgeVitError("invalid_argument", `image ${index}: ${message}`);
+    };
+    if (!Number.isInteger(height) || !Number.isInteger(width) || height < 1 || width < 1) {
+      fail(`size ${height}×${width} is not a positive integer size`);
+    }
+    if (height % p !== 0 || width % p !== 0) {
+      fail(`size ${height}×${width} is not a multiple of the patch size ${p}`);
+    }
+    if (height > imageSize[0] || width > imageSize[1]) {
+      fail(
+        `size ${height}×${width} exceeds the model's image_size ${imageSize[0]}×${imageSize[1]}`,
+      );
+    }
+    if (!(data instanceof Float32Array) || data.length !== channels * height * width) {
+      fail(
+        `holds ${data?.length} values, ${channels}×${height}×${width} needs ${
+          channels * height * width
+        }`,
+      );
+    }
+    return [height / p, width / p];
+  }
+
+  /** One packed sequence → `[images, numClasses]` logits. */
+  async #runSequence(
+    images: readonly PackedImage[],
+    grids: readonly [number, number][],
+  ): Promise<Float32Array> {
+    const backend = this.#backend;
+    const { patchSize: p, channels, dim, heads, dimHead } = this.config;
+    const inner = heads * dimHead;
+    const patchDim = channels * p * p;
+    const tokens = grids.reduce((sum, [rows, cols]) => sum + rows * cols, 0);
+    const patches = new Float32Array(tokens * patchDim); // [tokens, c·p·p]
+    const rowIndex = new Int32Array(tokens);
+    const colIndex = new Int32Array(tokens);
+    const segments = new Int32Array(tokens);
+    let token = 0;
+    images.forEach((image, k) => {
+      const [rows, cols] = grids[k];
+      const { data, width, height } = image;
+      for (let r = 0; r < rows; r++) {
+        for (let c = 0; c < cols; c++, token++) {
+          rowIndex[token] = r;
+          colIndex[token] = c;
+          segments[token] = k;
+          // vit-pytorch flattens a patch as (c p1 p2): channel-major.
+          let o = token * patchDim;
+          for (let ch = 0; ch < channels; ch++) {
+            for (let y = 0; y < p; y++) {
+              const src = ch * height * width + (r * p + y) * width + c * p;
+              patches.set(data.subarray(src, src + p), o);
+              o += p;
+            }
+          }
+        }
+      }
+    });
+
+    // Tensors of this pass, released when it ends.
+    const scratch: Tensor[] = [];
+    const keep = <T extends Tensor>(tensor: T): T => {
+      scratch.push(tensor);
+      return tensor;
+    };
+    try {
+      let x = keep(backend.upload(patches, [tokens, patchDim]));
+      x = keep(backend.layerNorm(x, ...this.#patchNorm, LAYER_NORM_EPS));
+      x = keep(backend.linear(x, this.#patchLinear));
+      x = keep(backend.layerNorm(x, ...this.#embedNorm, LAYER_NORM_EPS)); // [tokens, dim]
+      const posH = keep(backend.gatherRows(this.#posHeight, rowIndex));
+      const posW = keep(backend.gatherRows(this.#posWidth, colIndex));
+      x = keep(backend.add(keep(backend.add(x, posH)), posW));
+
+      for (const block of this.#blocks) {
+        const normed = keep(backend.layerNorm(x, ...block.norm, LAYER_NORM_EPS));
+        const qk = keep(backend.rmsNorm(
+          keep(backend.linear(normed, block.qk)),
+          block.qkGamma,
+          dimHead,
+          rmsEps(dimHead),
+        )); // [tokens, 2·inner]
+        const v = keep(backend.linear(normed, block.v)); // [tokens, inner]
+        const attended = backend.attention(qk, qk, v, {
+          heads,
+          headDim: dimHead,
+          scale: 1, // the RMS norms already scale q and k by √d
+          qOffset: 0,
+          kOffset: inner,
+          querySegments: segments,
+        }).output;
+        keep(attended);
+        x = keep(backend.add(x, keep(backend.linear(attended, block.out))));
+        const ffIn = keep(backend.layerNorm(x, ...block.ffNorm, LAYER_NORM_EPS));
+        const hidden = keep(backend.linear(ffIn, block.ff1, "gelu")); // [tokens, mlpDim]
+        x = keep(backend.add(x, keep(backend.linear(hidden, block.ff2))));
+      }
+      const encoded = keep(backend.layerNorm(x, ...this.#finalNorm, LAYER_NORM_EPS));
+
+      // Attention pooling: one copy of the learned query per image, segment k for image k.
+      const count = images.length;
+      const queriesHost = new Float32Array(count * dim); // [images, dim]
+      for (let k = 0; k < count; k++) queriesHost.set(this.#poolQuery, k * dim);
+      const queries = keep(backend.upload(queriesHost, [count, dim]));
+      const pool = this.#pool;
+      const qIn = keep(backend.layerNorm(queries, ...pool.norm, LAYER_NORM_EPS));
+      const q = keep(backend.rmsNorm(
+        keep(backend.linear(qIn, pool.q)),
+        pool.qGamma,
+        dimHead,
+        rmsEps(dimHead),
+      ));
+      // The pool's LayerNorm applies to its queries only; keys and values come from the
+      // encoder output as it is.
+      const k = keep(backend.rmsNorm(
+        keep(backend.linear(encoded, pool.k)),
+        pool.kGamma,
+        dimHead,
+        rmsEps(dimHead),
+      ));
+      const v = keep(backend.linear(encoded, pool.v));
+      const pooled = keep(
+        backend.attention(q, k, v, {
+          heads,
+          headDim: dimHead,
+          scale: 1,
+          querySegments: Int32Array.from({ length: count }, (_, i) => i),
+          keySegments: segments,
+        }).output,
+      ); // [images, inner]
+      const y = keep(backend.add(keep(backend.linear(pooled, pool.out)), queries));
+      const logits = keep(
+        backend.linear(keep(backend.layerNorm(y, ...this.#headNorm, LAYER_NORM_EPS)), this.#head),
+      );
+      return await backend.read(logits);
+    } finally {
+      for (const tensor of new Set(scratch)) backend.release(tensor);
+    }
+  }
+}
+
+/**
+ * `F.normalize` divides by `max(‖x‖, 1e-12)`; as an RMS norm, `x / sqrt(mean(x²) + eps)`,
+ * the same floor is `eps = 1e-24 / d`. It only matters for an all-zero head slice.
+ */
+function rmsEps(headDim: number): number {
+  return 1e-24 / headDim;
+}
