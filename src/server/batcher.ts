@@ -1,0 +1,295 @@
+/**
+ * The dynamic batcher: images from concurrent requests wait in one queue per model
+ * and run through the model together, so the per-call cost (weight reads, dispatch,
+ * small GEMMs) is paid once per batch instead of once per image.
+ *
+ * When to start a batch (only one runs at a time per model):
+ * - at once when the batch is full (`maxBatch` images or `maxBatchTokens` tokens);
+ * - at once when no other request is on its way in (being read or decoded), so a
+ *   lone client never waits for company that is not coming (this keeps latency at
+ *   1 client where it is without batching);
+ * - otherwise when the oldest image has waited `maxWaitMs`.
+ * Images that arrive while a batch runs gather for the next one. Only jobs with the
+ * same key (model options that must agree within a forward call, e.g. the ATS token
+ * budget) share a batch; the oldest job's key goes first, so no key starves.
+ *
+ * @module
+ */
+
+import { HttpError } from "./http_errors.ts";
+
+/** Limits of a {@link Batcher}. */
+export interface BatcherOptions {
+  /** Most images in one batch; 1 turns batching off. */
+  maxBatch: number;
+  /** Longest time the oldest queued image waits for more to join its batch. */
+  maxWaitMs: number;
+  /** Most patch tokens in one batch (the encoder's work); one image always fits. */
+  maxBatchTokens: number;
+  /** Most images waiting; one more is refused with 503 and `Retry-After`. */
+  maxQueue: number;
+}
+
+/** What a batch reports when it finishes. */
+export interface BatchStats {
+  key: string;
+  size: number;
+  tokens: number;
+  runMs: number;
+}
+
+/** How a job's result comes back. */
+export interface JobResult<O> {
+  value: O;
+  /** From submission until its batch started. */
+  queueMs: number;
+  /** The batch's time in the model. */
+  runMs: number;
+  batchSize: number;
+}
+
+/** Options of {@link Batcher.submit}. */
+export interface SubmitOptions {
+  /** Jobs share a batch only with jobs of the same key. */
+  key?: string;
+  /** Tokens this job costs (counts towards `maxBatchTokens`). */
+  cost?: number;
+  /** Aborting removes the job if it is still queued, rejecting with `signal.reason`. */
+  signal?: AbortSignal;
+}
+
+/** Hands a batch of items to the model; must return one output per item, in order. */
+export type BatchRunner<I, O> = (items: I[], key: string) => Promise<O[]>;
+
+interface Job<I, O> {
+  item: I;
+  key: string;
+  cost: number;
+  enqueuedAt: number;
+  resolve: (result: JobResult<O>) => void;
+  reject: (reason: unknown) => void;
+  signal?: AbortSignal;
+  onAbort?: () => void;
+}
+
+/** Announced arrivals, released as they are submitted or given up. */
+export interface Arrivals {
+  /** One announced job arrived (was submitted) or will not come. */
+  done(): void;
+  /** Releases every announced job not yet done (idempotent). */
+  release(): void;
+}
+
+/**
+ * Gathers jobs into batches; see the module doc for the policy.
+ *
+ * @example
+ * ```ts
+ * import { Batcher } from "./batcher.ts";
+ * const batcher = new Batcher<number, number>(
+ *   async (items) => items.map((x) => x * 2),
+ *   { maxBatch: 8, maxWaitMs: 2, maxBatchTokens: 1024, maxQueue: 64 },
+ * );
+ * const results = await Promise.all([1, 2, 3].map((x) => batcher.submit(x)));
+ * console.log(results.map((r) => r.value)); // [2, 4, 6]
+ * ```
+ */
+export class Batcher<I, O> {
+  readonly options: BatcherOptions;
+  readonly #run: BatchRunner<I, O>;
+  readonly #onBatch?: (stats: BatchStats) => void;
+  #queue: Job<I, O>[] = [];
+  #running = false;
+  #expected = 0;
+  #timer: ReturnType<typeof setTimeout> | undefined;
+  #closed = false;
+  #averageBatchMs = 0;
+  #idleWaiters: (() => void)[] = [];
+
+  constructor(
+    run: BatchRunner<I, O>,
+    options: BatcherOptions,
+    onBatch?: (stats: BatchStats) => void,
+  ) {
+    for (const [name, value] of Object.entries(options)) {
+      if (!(value >= 0) || (name !== "maxWaitMs" && !(value >= 1))) {
+        throw new RangeError(`batcher option ${name} must be positive, got ${value}`);
+      }
+    }
+    this.#run = run;
+    this.options = { ...options };
+    this.#onBatch = onBatch;
+  }
+
+  /** Images waiting (not yet in a running batch). */
+  get depth(): number {
+    return this.#queue.length;
+  }
+
+  /** Whether a batch is running. */
+  get busy(): boolean {
+    return this.#running;
+  }
+
+  /**
+   * Announces `count` jobs on their way (their requests are being read or decoded), so
+   * a partial batch waits up to `maxWaitMs` for them instead of leaving at once. Call
+   * `done()` right after submitting each one, and `release()` when giving up.
+   */
+  expect(count: number): Arrivals {
+    let left = count;
+    this.#expected += left;
+    return {
+      done: () => {
+        if (left <= 0) return;
+        left--;
+        this.#expected--;
+        this.#pump();
+      },
+      release: () => {
+        if (left <= 0) return;
+        this.#expected -= left;
+        left = 0;
+        this.#pump();
+      },
+    };
+  }
+
+  /**
+   * Queues one job and resolves with its output once its batch has run.
+   *
+   * @throws {HttpError} 503 `queue_full` (with `Retry-After`) or `shutting_down`
+   */
+  submit(item: I, options: SubmitOptions = {}): Promise<JobResult<O>> {
+    if (this.#closed) {
+      return Promise.reject(
+        new HttpError(503, "shutting_down", "the server is shutting down", { "retry-after": "1" }),
+      );
+    }
+    if (options.signal?.aborted) return Promise.reject(options.signal.reason);
+    if (this.#queue.length >= this.options.maxQueue) {
+      return Promise.reject(
+        new HttpError(
+          503,
+          "queue_full",
+          `the batch queue is full (${this.options.maxQueue} images); retry later`,
+          { "retry-after": String(this.#retryAfterSeconds()) },
+        ),
+      );
+    }
+    return new Promise((resolve, reject) => {
+      const job: Job<I, O> = {
+        item,
+        key: options.key ?? "",
+        cost: Math.max(0, options.cost ?? 1),
+        enqueuedAt: performance.now(),
+        resolve,
+        reject,
+        signal: options.signal,
+      };
+      if (job.signal) {
+        job.onAbort = () => {
+          const index = this.#queue.indexOf(job);
+          if (index < 0) return; // already running: its batch finishes regardless
+          this.#queue.splice(index, 1);
+          reject(job.signal!.reason);
+          this.#pump();
+        };
+        job.signal.addEventListener("abort", job.onAbort, { once: true });
+      }
+      this.#queue.push(job);
+      this.#pump();
+    });
+  }
+
+  /** Refuses new jobs; queued ones still run. */
+  close(): void {
+    this.#closed = true;
+    this.#pump();
+  }
+
+  /** Resolves once nothing is queued or running. */
+  idle(): Promise<void> {
+    if (!this.#running && this.#queue.length === 0) return Promise.resolve();
+    return new Promise((resolve) => this.#idleWaiters.push(resolve));
+  }
+
+  #retryAfterSeconds(): number {
+    const batches = Math.ceil(this.#queue.length / this.options.maxBatch) + 1;
+    return Math.max(1, Math.ceil((batches * this.#averageBatchMs) / 1000));
+  }
+
+  #pump(): void {
+    if (this.#timer !== undefined) {
+      clearTimeout(this.#timer);
+      this.#timer = undefined;
+    }
+    if (this.#running) return;
+    if (this.#queue.length === 0) {
+      const waiters = this.#idleWaiters;
+      this.#idleWaiters = [];
+      for (const wake of waiters) wake();
+      return;
+    }
+    const head = this.#queue[0];
+    const batch: Job<I, O>[] = [];
+    let tokens = 0;
+    let full = false;
+    for (const job of this.#queue) {
+      if (job.key !== head.key) continue;
+      if (batch.length > 0 && tokens + job.cost > this.options.maxBatchTokens) {
+        full = true;
+        break;
+      }
+      batch.push(job);
+      tokens += job.cost;
+      if (batch.length >= this.options.maxBatch) {
+        full = true;
+        break;
+      }
+    }
+    const waited = performance.now() - head.enqueuedAt;
+    if (!full && !this.#closed && this.#expected > 0 && waited < this.options.maxWaitMs) {
+      this.#timer = setTimeout(() => {
+        this.#timer = undefined;
+        this.#pump();
+      }, Math.max(0, this.options.maxWaitMs - waited));
+      return;
+    }
+    this.#dispatch(batch, tokens);
+  }
+
+  async #dispatch(batch: Job<I, O>[], tokens: number): Promise<void> {
+    const chosen = new Set(batch);
+    this.#queue = this.#queue.filter((job) => !chosen.has(job));
+    for (const job of batch) {
+      if (job.onAbort) job.signal!.removeEventListener("abort", job.onAbort);
+    }
+    this.#running = true;
+    const start = performance.now();
+    try {
+      const outputs = await this.#run(batch.map((job) => job.item), batch[0].key);
+      if (outputs.length !== batch.length) {
+        throw new Error(`batch runner returned ${outputs.length} outputs for ${batch.length}`);
+      }
+      const runMs = performance.now() - start;
+      this.#averageBatchMs = this.#averageBatchMs === 0
+        ? runMs
+        : 0.8 * this.#averageBatchMs + 0.2 * runMs;
+      this.#onBatch?.({ key: batch[0].key, size: batch.length, tokens, runMs });
+      batch.forEach((job, i) =>
+        job.resolve({
+          value: outputs[i],
+          queueMs: start - job.enqueuedAt,
+          runMs,
+          batchSize: batch.length,
+        })
+      );
+    } catch (error) {
+      for (const job of batch) job.reject(error);
+    } finally {
+      this.#running = false;
+      this.#pump();
+    }
+  }
+}
