@@ -175,14 +175,21 @@ export function toFloat32(entry: SafetensorsEntry): Float32Array {
   const out = new Float32Array(count);
   switch (entry.dtype) {
     case "F32":
+      // One memcpy on little-endian hosts (all that run wasm); DataView otherwise.
+      if (LITTLE_ENDIAN) {
+        new Uint8Array(out.buffer).set(entry.bytes);
+        return out;
+      }
       for (let i = 0; i < count; i++) out[i] = view.getFloat32(i * 4, true);
       return out;
     case "F64":
       for (let i = 0; i < count; i++) out[i] = view.getFloat64(i * 8, true);
       return out;
-    case "F16":
-      for (let i = 0; i < count; i++) out[i] = halfToFloat(view.getUint16(i * 2, true));
+    case "F16": {
+      const table = halfTable();
+      for (let i = 0; i < count; i++) out[i] = table[view.getUint16(i * 2, true)];
       return out;
+    }
     case "BF16": {
       const widened = new Uint32Array(out.buffer);
       for (let i = 0; i < count; i++) widened[i] = view.getUint16(i * 2, true) << 16;
@@ -237,7 +244,21 @@ export function toInt32(entry: SafetensorsEntry): Int32Array {
   return out;
 }
 
-function halfToFloat(half: number): number {
+const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
+
+let HALF_TABLE: Float32Array | null = null;
+
+/** All 65,536 half-precision values as float32: a lookup beats decoding per element. */
+function halfTable(): Float32Array {
+  if (!HALF_TABLE) {
+    HALF_TABLE = new Float32Array(65536);
+    for (let h = 0; h < 65536; h++) HALF_TABLE[h] = halfToFloat(h);
+  }
+  return HALF_TABLE;
+}
+
+/** Decodes one IEEE 754 binary16 value. */
+export function halfToFloat(half: number): number {
   const sign = half & 0x8000 ? -1 : 1;
   const exponent = (half >> 10) & 0x1f;
   const fraction = half & 0x3ff;

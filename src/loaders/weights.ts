@@ -7,6 +7,7 @@
  * @module
  */
 
+import type { LinearSource } from "../backends/backend.ts";
 import { EdgeVitError } from "../errors.ts";
 import { type SafetensorsEntry, toFloat32 } from "./safetensors.ts";
 
@@ -89,6 +90,70 @@ export class WeightStore {
     }
     this.#used.add(name);
     return tensor;
+  }
+
+  /**
+   * Takes a tensor whose leading size-1 axes may be present or not (vit-pytorch
+   * `cls_token` is `[1, dim]` in one version and `[1, 1, dim]` in another, HF and timm
+   * positions are `[1, tokens, dim]`): the shape must equal `shape` once those are dropped.
+   */
+  getSqueezed(name: string, shape: readonly number[]): HostTensor {
+    const load = this.#entries.get(name);
+    if (!load) {
+      throw new EdgeVitError("invalid_checkpoint", `${this.#source}: missing tensor "${name}"`);
+    }
+    const tensor = load();
+    const actual = [...tensor.shape];
+    while (actual.length > shape.length && actual[0] === 1) actual.shift();
+    if (actual.length !== shape.length || actual.some((dim, i) => dim !== shape[i])) {
+      throw new EdgeVitError(
+        "invalid_checkpoint",
+        `${this.#source}: tensor "${name}" has shape [${tensor.shape}], the config implies [${shape}]`,
+      );
+    }
+    this.#used.add(name);
+    return { shape: [...shape], data: tensor.data };
+  }
+
+  /**
+   * Takes a PyTorch `nn.Linear` as `<prefix>.weight` `[out, in]` and `<prefix>.bias`.
+   *
+   * @param bias `true`: required; `false`: must be absent; `"optional"`: either
+   */
+  linear(
+    prefix: string,
+    outFeatures: number,
+    inFeatures: number,
+    bias: boolean | "optional" = true,
+  ): LinearSource {
+    const weight = this.get(`${prefix}.weight`, [outFeatures, inFeatures]).data;
+    const biasName = `${prefix}.bias`;
+    let biasData: Float32Array | null = null;
+    if (bias === true || (bias === "optional" && this.has(biasName))) {
+      biasData = this.get(biasName, [outFeatures]).data;
+    } else if (this.has(biasName)) {
+      throw new EdgeVitError(
+        "invalid_checkpoint",
+        `${this.#source}: tensor "${biasName}" exists but the config says the layer has no bias`,
+      );
+    }
+    return { weight, bias: biasData, outFeatures, inFeatures };
+  }
+
+  /**
+   * Takes a LayerNorm as `<prefix>.weight` / `<prefix>.bias` (or other names, e.g.
+   * vit-pytorch NaViT's `gamma` / `beta`); the bias may be absent when `bias` is false.
+   */
+  layerNorm(
+    prefix: string,
+    size: number,
+    options: { bias?: boolean; gamma?: string; beta?: string } = {},
+  ): { gamma: Float32Array; beta: Float32Array | null } {
+    const gamma = this.get(`${prefix}.${options.gamma ?? "weight"}`, [size]).data;
+    const beta = options.bias === false
+      ? null
+      : this.get(`${prefix}.${options.beta ?? "bias"}`, [size]).data;
+    return { gamma, beta };
   }
 
   /** Like {@link get} but returns null when the tensor is absent. */

@@ -1,0 +1,143 @@
+/**
+ * Architecture registry: which code builds a model from a checkpoint, keyed by the
+ * library that wrote it and the architecture name it gives (see
+ * {@link CheckpointInfo}). `loadModel` looks the checkpoint up here; tests run every
+ * parity fixture whose architecture is registered.
+ *
+ * To add an architecture, append an {@link ArchitectureEntry} to {@link ARCHITECTURES}:
+ *
+ * ```ts
+ * {
+ *   library: "vit-pytorch",
+ *   name: "NaViT",
+ *   build: ({ checkpoint, weights, backend, precision }) => NaVit.create(...),
+ * }
+ * ```
+ *
+ * `build` takes the tensors it needs from `weights` (a {@link WeightStore} that checks
+ * shapes) and returns a {@link VisionArchitecture}; `loadModel` then checks that no
+ * tensor was left over.
+ *
+ * @module
+ */
+
+import type { Backend, Precision } from "../backends/backend.ts";
+import { EdgeVitError } from "../errors.ts";
+import type { CheckpointInfo, CheckpointLibrary } from "../loaders/config.ts";
+import { isTimmVitName, vitFromTimm } from "../loaders/timm.ts";
+import { TRANSFORMERS_VIT_CLASSES, vitFromTransformers } from "../loaders/transformers.ts";
+import { vitFromVitPytorch } from "../loaders/vit_pytorch.ts";
+import type { WeightStore } from "../loaders/weights.ts";
+import { simpleVitFromVitPytorch } from "./simple_vit.ts";
+import type { VisionArchitecture } from "./types.ts";
+import { VitModel } from "./vit.ts";
+
+/** Everything a builder gets. */
+export interface BuildContext {
+  checkpoint: CheckpointInfo;
+  /** The checkpoint's tensors; take them by name (shapes are checked). */
+  weights: WeightStore;
+  backend: Backend;
+  precision: Precision;
+}
+
+/** One buildable architecture. */
+export interface ArchitectureEntry {
+  library: CheckpointLibrary;
+  /** The name as the checkpoint writes it, or a pattern for a family of names (timm). */
+  name: string | RegExp | ((architecture: string) => boolean);
+  /** Builds the model on the backend. */
+  build(context: BuildContext): VisionArchitecture | Promise<VisionArchitecture>;
+}
+
+/** The registered architectures; append entries here. */
+export const ARCHITECTURES: ArchitectureEntry[] = [
+  {
+    library: "vit-pytorch",
+    name: "ViT",
+    build: ({ checkpoint, weights, backend, precision }) => {
+      const { config, weights: vit } = vitFromVitPytorch(
+        checkpoint.config,
+        weights,
+        checkpoint.source,
+      );
+      return VitModel.create(backend, config, vit, { precision, source: checkpoint.source });
+    },
+  },
+  {
+    library: "vit-pytorch",
+    name: "SimpleViT",
+    build: ({ checkpoint, weights, backend, precision }) => {
+      const { config, weights: vit } = simpleVitFromVitPytorch(
+        checkpoint.config,
+        weights,
+        checkpoint.source,
+      );
+      return VitModel.create(backend, config, vit, { precision, source: checkpoint.source });
+    },
+  },
+  ...TRANSFORMERS_VIT_CLASSES.map((name): ArchitectureEntry => ({
+    library: "transformers",
+    name,
+    build: ({ checkpoint, weights, backend, precision }) => {
+      const { config, weights: vit } = vitFromTransformers(
+        checkpoint.config,
+        weights,
+        checkpoint.source,
+      );
+      return VitModel.create(backend, config, vit, { precision, source: checkpoint.source });
+    },
+  })),
+  {
+    library: "timm",
+    name: isTimmVitName,
+    build: ({ checkpoint, weights, backend, precision }) => {
+      const { config, weights: vit } = vitFromTimm(checkpoint.config, weights, checkpoint.source);
+      return VitModel.create(backend, config, vit, { precision, source: checkpoint.source });
+    },
+  },
+];
+
+function matches(entry: ArchitectureEntry, library: string, architecture: string): boolean {
+  if (entry.library !== library) return false;
+  if (typeof entry.name === "string") return entry.name === architecture;
+  if (entry.name instanceof RegExp) return entry.name.test(architecture);
+  return entry.name(architecture);
+}
+
+/**
+ * The entry that builds `architecture` of `library`, or undefined.
+ *
+ * @example
+ * ```ts
+ * import { findArchitecture } from "./registry.ts";
+ * console.log(findArchitecture("timm", "deit_small_patch16_224") !== undefined); // true
+ * ```
+ */
+export function findArchitecture(
+  library: CheckpointLibrary | string,
+  architecture: string,
+): ArchitectureEntry | undefined {
+  return ARCHITECTURES.find((entry) => matches(entry, library, architecture));
+}
+
+/**
+ * Like {@link findArchitecture} but throws a clear error for unknown names.
+ *
+ * @throws {EdgeVitError} `unsupported`
+ */
+export function requireArchitecture(checkpoint: CheckpointInfo): ArchitectureEntry {
+  const entry = findArchitecture(checkpoint.library, checkpoint.architecture);
+  if (!entry) {
+    const known = ARCHITECTURES.filter((e) => e.library === checkpoint.library)
+      .map((e) => typeof e.name === "string" ? e.name : `${checkpoint.library} family`)
+      .join(", ");
+    throw new EdgeVitError(
+      "unsupported",
+      `${checkpoint.source}: ${checkpoint.library} architecture "${checkpoint.architecture}" is not supported${
+        known ? ` (known: ${known})` : ""
+      }`,
+    );
+  }
+  return entry;
+}
