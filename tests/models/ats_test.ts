@@ -1,6 +1,15 @@
 import assert from "node:assert/strict";
-import { atsSignificance, effectiveBudgets, sampleTokens } from "../../src/models/ats.ts";
+import type { Backend } from "../../src/backends/backend.ts";
+import { ReferenceBackend } from "../../src/backends/reference/reference_backend.ts";
 import { EdgeVitError } from "../../src/errors.ts";
+import { atsSignificance, effectiveBudgets, sampleTokens } from "../../src/models/ats.ts";
+import { buildAtsVit, createAtsHooks } from "../../src/models/ats_vit.ts";
+import { randomVitWeights, seededRandom, type VitConfig, VitModel } from "../../src/models/vit.ts";
+import { maxAbsDiff, readCase } from "./_fixtures.ts";
+
+const backends: [string, () => Promise<Backend>][] = [
+  ["reference", () => Promise.resolve(new ReferenceBackend())],
+];
 
 /** The spec read literally: normalize, stable ascending order, cumulative sum, one scan per point. */
 function specRule(s: number[], k: number): number[] {
@@ -98,3 +107,135 @@ Deno.test("effectiveBudgets lowers the checkpoint's budgets and never raises the
   assert.throws(() => effectiveBudgets([48, 24], [10]), EdgeVitError);
   assert.throws(() => effectiveBudgets([48, 24], 0), EdgeVitError);
 });
+
+// ─── ATS in models ──────────────────────────────────────────────────────────────────
+
+const atsFixture = await readCase("vitpytorch-ats");
+const atsPixels = atsFixture.input("pixel_values");
+const atsShape = atsPixels.shape as [number, number, number, number];
+const atsImage = 3 * 32 * 32;
+
+for (const [name, create] of backends) {
+  Deno.test(`ats_vit.ViT matches vit-pytorch's logits and kept token ids (${name})`, async () => {
+    const model = buildAtsVit(await create(), atsFixture.config.kwargs, atsFixture.weights());
+    const out = await model.forward(atsPixels.data, atsShape, { returnTokenIds: true });
+    assert.ok(maxAbsDiff(out.logits, atsFixture.expected("logits").data) <= atsFixture.case.atol);
+    const expected = atsFixture.expectedInt("token_ids"); // [images, 24], -1 = padding
+    const width = expected.shape[1];
+    const last = out.tokenIds![out.tokenIds!.length - 1];
+    last.forEach((ids, image) => {
+      const row = [...expected.data.subarray(image * width, (image + 1) * width)];
+      assert.deepEqual([...ids], row.filter((id) => id >= 0));
+    });
+    model.dispose();
+  });
+
+  Deno.test(`ATS decides each image's tokens whatever else is in the batch (${name})`, async () => {
+    const model = buildAtsVit(await create(), atsFixture.config.kwargs, atsFixture.weights());
+    const first = atsPixels.data.subarray(0, atsImage);
+    const alone = await model.forward(first, [1, 3, 32, 32], { returnTokenIds: true });
+    // the same image between a flat image (few distinct tokens) and the fixture's second
+    const batch = new Float32Array(3 * atsImage);
+    batch.fill(0.25, 0, atsImage);
+    batch.set(first, atsImage);
+    batch.set(atsPixels.data.subarray(atsImage), 2 * atsImage);
+    const mixed = await model.forward(batch, [3, 3, 32, 32], { returnTokenIds: true });
+    assert.ok(maxAbsDiff(mixed.logits.subarray(10, 20), alone.logits) <= 1e-5);
+    alone.tokenIds!.forEach((layer, l) => assert.deepEqual(mixed.tokenIds![l][1], layer[0]));
+    model.dispose();
+  });
+
+  Deno.test(`a lower tokenBudget keeps fewer tokens and a higher one changes nothing (${name})`, async () => {
+    const model = buildAtsVit(await create(), atsFixture.config.kwargs, atsFixture.weights());
+    const full = await model.forward(atsPixels.data, atsShape, { returnTokenIds: true });
+    const raised = await model.forward(atsPixels.data, atsShape, {
+      returnTokenIds: true,
+      tokenBudget: [1000, 1000],
+    });
+    assert.deepEqual(raised.logits, full.logits);
+    assert.deepEqual(raised.tokenIds, full.tokenIds);
+    const low = await model.forward(atsPixels.data, atsShape, {
+      returnTokenIds: true,
+      tokenBudget: 8,
+    });
+    for (const layer of low.tokenIds!) {
+      for (const ids of layer) {
+        assert.ok(ids.length >= 1 && ids.length <= 8);
+        for (let i = 1; i < ids.length; i++) assert.ok(ids[i] > ids[i - 1]);
+      }
+    }
+    low.tokensPerImage.forEach((tokens, i) => assert.ok(tokens < full.tokensPerImage[i]));
+    // a later layer only keeps tokens the earlier one kept
+    low.tokenIds![1].forEach((ids, image) =>
+      ids.forEach((id) => assert.ok(low.tokenIds![0][image].includes(id)))
+    );
+    await assert.rejects(
+      async () => await model.forward(atsPixels.data, atsShape, { tokenBudget: [8] }),
+      /1 budgets for 2 layers/,
+    );
+    model.dispose();
+  });
+
+  Deno.test(`ATS switched on for a plain ViT prunes only when asked (${name})`, async () => {
+    const config: VitConfig = {
+      imageHeight: 24,
+      imageWidth: 24,
+      patchHeight: 4,
+      patchWidth: 4,
+      channels: 3,
+      dim: 32,
+      depth: 3,
+      heads: 2,
+      headDim: 16,
+      mlpDim: 64,
+      numClasses: 5,
+      classToken: true,
+      distillationToken: false,
+      pool: "cls",
+      finalNorm: "tokens",
+      head: "single",
+      preNorm: false,
+      qkvBias: true,
+      attentionProjection: true,
+      projectionBias: true,
+      layerNormEps: 1e-6,
+      patchEmbedding: "conv",
+    };
+    const backend = await create();
+    const weights = randomVitWeights(config, 5);
+    const plain = VitModel.create(backend, config, weights);
+    const switchable = VitModel.create(backend, config, weights, {
+      hooks: createAtsHooks(config),
+    });
+    const withAts = VitModel.create(backend, config, weights, {
+      hooks: createAtsHooks(config, { maxTokensPerDepth: [20, null, 6] }),
+    });
+    const random = seededRandom(9);
+    const pixels = new Float32Array(2 * 3 * 24 * 24).map(() => random() * 2 - 1);
+    const reference = await plain.forward(pixels, [2, 3, 24, 24]);
+    // no budget anywhere: the same pass as the plain model
+    const unpruned = await switchable.forward(pixels, [2, 3, 24, 24]);
+    assert.deepEqual(unpruned.logits, reference.logits);
+    // budgets at or above the 36 patches keep every token: still the same logits
+    const roomy = await switchable.forward(pixels, [2, 3, 24, 24], { tokenBudget: 36 });
+    assert.ok(maxAbsDiff(roomy.logits, reference.logits) <= 1e-6);
+    const pruned = await withAts.forward(pixels, [2, 3, 24, 24], { returnTokenIds: true });
+    const counts = pruned.tokenIds!.map((layer) => layer.map((ids) => ids.length));
+    counts[0].forEach((count) => assert.ok(count <= 20));
+    assert.deepEqual(counts[1], counts[0]); // layer 1 has no budget of its own
+    counts[2].forEach((count) => assert.ok(count <= 6));
+    assert.ok(maxAbsDiff(pruned.logits, reference.logits) > 1e-4);
+    // a request lowers the switched-on budgets further
+    const tighter = await withAts.forward(pixels, [2, 3, 24, 24], {
+      returnTokenIds: true,
+      tokenBudget: 4,
+    });
+    tighter.tokenIds!.forEach((layer) => layer.forEach((ids) => assert.ok(ids.length <= 4)));
+    for (const model of [plain, switchable, withAts]) model.dispose();
+
+    const noCls = { ...config, classToken: false, pool: "mean" as const };
+    assert.throws(() => createAtsHooks(noCls, { maxTokensPerDepth: 8 }), /CLS token/);
+    assert.throws(() => createAtsHooks(config, { maxTokensPerDepth: [8, 8] }), EdgeVitError);
+    assert.throws(() => createAtsHooks(config, { maxTokensPerDepth: [8, 0, 8] }), EdgeVitError);
+  });
+}
