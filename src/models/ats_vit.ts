@@ -24,16 +24,25 @@
  * @module
  */
 
-import type { Backend, LinearSource, Precision } from "../backends/backend.ts";
+import type { Backend, Precision } from "../backends/backend.ts";
 import { EdgeVitError } from "../errors.ts";
-import type { HostTensor, WeightStore } from "../loaders/weights.ts";
+import { ConfigReader } from "../loaders/config.ts";
+import {
+  readNormLinearNormEmbedding,
+  readVitPytorchBlock,
+  readVitPytorchGeometry,
+  TORCH_LAYER_NORM_EPS,
+  type VitPytorchGeometry,
+} from "../loaders/vit_pytorch.ts";
+import type { WeightStore } from "../loaders/weights.ts";
 import { atsSignificance, effectiveBudgets, sampleTokens } from "./ats.ts";
 import type { ForwardOptions, ForwardOutput } from "./types.ts";
 import {
+  addRows,
   type AttentionHookContext,
   type BlockWeights,
   type EncoderHooks,
-  type NormWeights,
+  patchCount,
   prefixCount,
   type RowSelection,
   selectSegments,
@@ -213,112 +222,42 @@ class AtsPass implements EncoderHooks {
 
 // ─── vit-pytorch checkpoints ────────────────────────────────────────────────────────
 
-/** A vit-pytorch `nn.LayerNorm` (`weight`, `bias`). */
-export function readTorchNorm(store: WeightStore, prefix: string, size: number): NormWeights {
-  return {
-    gamma: store.get(`${prefix}.weight`, [size]).data,
-    beta: store.get(`${prefix}.bias`, [size]).data,
-  };
-}
-
-/** A PyTorch `nn.Linear` (`weight` `[out, in]`, optional `bias`). */
-export function readTorchLinear(
-  store: WeightStore,
-  prefix: string,
-  outFeatures: number,
-  inFeatures: number,
-  bias: boolean,
-): LinearSource {
-  return {
-    weight: store.get(`${prefix}.weight`, [outFeatures, inFeatures]).data,
-    bias: bias ? store.get(`${prefix}.bias`, [outFeatures]).data : null,
-    outFeatures,
-    inFeatures,
-  };
-}
-
 /**
- * The blocks of a vit-pytorch ViT-family `Transformer` (`ats_vit`, `vit_with_patch_merger`):
- * `layers.i.0` = Attention(norm, to_qkv without bias, to_out.0), `layers.i.1.net` =
- * FeedForward(LayerNorm, Linear, GELU, Dropout, Linear).
+ * The blocks of a vit-pytorch ViT-family `Transformer` (`ats_vit`, `vit_with_patch_merger`
+ * name them as `vit.ViT` does: Attention `to_qkv` without bias, `to_out.0`; FeedForward
+ * `net.0`, `net.1`, `net.4`).
  */
-export function readVitPytorchBlocks(store: WeightStore, config: VitConfig): BlockWeights[] {
-  const { dim, mlpDim } = config;
-  const width = config.heads * config.headDim;
-  return Array.from({ length: config.depth }, (_, layer) => {
-    const prefix = `transformer.layers.${layer}`;
-    return {
-      norm1: readTorchNorm(store, `${prefix}.0.norm`, dim),
-      qkv: readTorchLinear(store, `${prefix}.0.to_qkv`, 3 * width, dim, false),
-      proj: config.attentionProjection
-        ? readTorchLinear(store, `${prefix}.0.to_out.0`, dim, width, true)
-        : null,
-      norm2: readTorchNorm(store, `${prefix}.1.net.0`, dim),
-      fc1: readTorchLinear(store, `${prefix}.1.net.1`, mlpDim, dim, true),
-      fc2: readTorchLinear(store, `${prefix}.1.net.4`, dim, mlpDim, true),
-    };
-  });
+export function readVitPytorchBlocks(
+  store: WeightStore,
+  geometry: VitPytorchGeometry,
+  projection: boolean,
+): BlockWeights[] {
+  return Array.from(
+    { length: geometry.depth },
+    (_, layer) =>
+      readVitPytorchBlock(store, `transformer.layers.${layer}`, geometry, {
+        outName: "to_out.0",
+        fc2Index: 4,
+        projection,
+        projectionBias: true,
+      }),
+  );
 }
 
-/** The common kwargs of vit-pytorch's ViT family, as a {@link VitConfig} base. */
-export function vitPytorchBaseConfig(
-  kwargs: Record<string, unknown>,
-  architecture: string,
+/** The canonical config fields every vit-pytorch ViT-family model shares. */
+export function vitPytorchFamilyConfig(
+  geometry: VitPytorchGeometry,
 ): Omit<VitConfig, "classToken" | "pool" | "finalNorm" | "attentionProjection"> {
-  const where = `${architecture} kwargs`;
-  const int = (name: string, fallback?: number): number => {
-    const value = kwargs[name] ?? fallback;
-    if (!Number.isSafeInteger(value) || (value as number) < 1) {
-      throw new EdgeVitError(
-        "invalid_config",
-        `${where}.${name} must be a positive integer, got ${JSON.stringify(value)}`,
-      );
-    }
-    return value as number;
-  };
-  const pair = (name: string): [number, number] => {
-    const value = kwargs[name];
-    const sides = Array.isArray(value) ? value : [value, value];
-    if (sides.length !== 2 || !sides.every((side) => Number.isSafeInteger(side) && side > 0)) {
-      throw new EdgeVitError(
-        "invalid_config",
-        `${where}.${name} must be an int or a pair of ints, got ${JSON.stringify(value)}`,
-      );
-    }
-    return [sides[0], sides[1]];
-  };
-  const [imageHeight, imageWidth] = pair("image_size");
-  const [patchHeight, patchWidth] = pair("patch_size");
   return {
-    imageHeight,
-    imageWidth,
-    patchHeight,
-    patchWidth,
-    channels: int("channels", 3),
-    dim: int("dim"),
-    depth: int("depth"),
-    heads: int("heads"),
-    headDim: int("dim_head", 64),
-    mlpDim: int("mlp_dim"),
-    numClasses: int("num_classes"),
+    ...geometry,
     distillationToken: false,
     head: "single",
     preNorm: false,
     qkvBias: false,
     projectionBias: true,
-    layerNormEps: 1e-5, // nn.LayerNorm's default
+    layerNormEps: TORCH_LAYER_NORM_EPS,
     patchEmbedding: "norm_linear_norm",
   };
-}
-
-/** `pos_embedding` `[1, n, dim]`: its rows `from … from+count-1`. */
-function positionRows(
-  positions: HostTensor,
-  from: number,
-  count: number,
-  dim: number,
-): Float32Array {
-  return positions.data.slice(from * dim, (from + count) * dim);
 }
 
 /** Options of the vit-pytorch builders. */
@@ -359,42 +298,36 @@ export function buildAtsVit(
   options: BuildOptions = {},
 ): VitModel {
   const source = options.source ?? "ats_vit.ViT";
+  const reader = new ConfigReader(kwargs, `${source} kwargs`);
+  const geometry = readVitPytorchGeometry(reader);
   const config: VitConfig = {
-    ...vitPytorchBaseConfig(kwargs, "ats_vit.ViT"),
+    ...vitPytorchFamilyConfig(geometry),
     classToken: true,
     pool: "cls",
     // mlp_head = LayerNorm → Linear on the CLS row
     finalNorm: "pooled",
     attentionProjection: true,
   };
-  const budgets = kwargs.max_tokens_per_depth;
-  if (!Array.isArray(budgets)) {
+  const budgets = reader.numbers("max_tokens_per_depth", config.depth);
+  if (!budgets) {
     throw new EdgeVitError(
       "invalid_config",
-      `ats_vit.ViT kwargs.max_tokens_per_depth must be a list, got ${JSON.stringify(budgets)}`,
+      `${source} kwargs: "max_tokens_per_depth" (one budget per layer) is required`,
     );
   }
   const hooks = createAtsHooks(config, { maxTokensPerDepth: budgets });
   const { dim } = config;
-  const patches = (config.imageHeight / config.patchHeight) *
-    (config.imageWidth / config.patchWidth);
-  const patchDim = config.patchHeight * config.patchWidth * config.channels;
-  const positions = store.get("pos_embedding", [1, patches + 1, dim]);
-  const cls = store.get("cls_token", [1, 1, dim]).data;
-  const prefixTokens = new Float32Array(dim);
-  for (let i = 0; i < dim; i++) prefixTokens[i] = cls[i] + positions.data[i];
+  const patches = patchCount(config);
+  const positions = store.getSqueezed("pos_embedding", [patches + 1, dim]).data;
+  const cls = store.getSqueezed("cls_token", [1, dim]).data;
   const weights: VitWeights = {
-    patchEmbedding: {
-      inputNorm: readTorchNorm(store, "to_patch_embedding.1", patchDim),
-      linear: readTorchLinear(store, "to_patch_embedding.2", dim, patchDim, true),
-      outputNorm: readTorchNorm(store, "to_patch_embedding.3", dim),
-    },
-    prefixTokens,
-    patchPositions: positionRows(positions, 1, patches, dim),
+    patchEmbedding: readNormLinearNormEmbedding(store, geometry),
+    prefixTokens: addRows(cls, positions.subarray(0, dim)),
+    patchPositions: positions.slice(dim),
     preNorm: null,
-    blocks: readVitPytorchBlocks(store, config),
-    finalNorm: readTorchNorm(store, "mlp_head.0", dim),
-    heads: [readTorchLinear(store, "mlp_head.1", config.numClasses, dim, true)],
+    blocks: readVitPytorchBlocks(store, geometry, true),
+    finalNorm: store.layerNorm("mlp_head.0", dim),
+    heads: [store.linear("mlp_head.1", config.numClasses, dim)],
   };
   store.assertAllUsed();
   return VitModel.create(backend, config, weights, {

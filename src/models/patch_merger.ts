@@ -21,19 +21,16 @@
 
 import type { Backend, Precision, Tensor } from "../backends/backend.ts";
 import { EdgeVitError } from "../errors.ts";
+import { ConfigReader } from "../loaders/config.ts";
+import { readNormLinearNormEmbedding, readVitPytorchGeometry } from "../loaders/vit_pytorch.ts";
 import type { WeightStore } from "../loaders/weights.ts";
+import { type BuildOptions, readVitPytorchBlocks, vitPytorchFamilyConfig } from "./ats_vit.ts";
 import type { ForwardOptions, ForwardOutput, VisionArchitecture } from "./types.ts";
-import {
-  type BuildOptions,
-  readTorchLinear,
-  readTorchNorm,
-  readVitPytorchBlocks,
-  vitPytorchBaseConfig,
-} from "./ats_vit.ts";
 import {
   applyNorm,
   type EncoderHooks,
   type NormWeights,
+  patchCount,
   type PreparedNorm,
   prepareNorm,
   releaseNorm,
@@ -202,60 +199,41 @@ export function buildPatchMergerVit(
   options: BuildOptions = {},
 ): PatchMergerVit {
   const source = options.source ?? "vit_with_patch_merger.ViT";
-  const base = vitPytorchBaseConfig(kwargs, "vit_with_patch_merger.ViT");
+  const reader = new ConfigReader(kwargs, `${source} kwargs`);
+  const geometry = readVitPytorchGeometry(reader);
+  // vit-pytorch drops to_out when a single head already spans dim
+  const projection = !(geometry.heads === 1 && geometry.headDim === geometry.dim);
   const config: VitConfig = {
-    ...base,
+    ...vitPytorchFamilyConfig(geometry),
     classToken: false,
     pool: "mean",
     finalNorm: "tokens", // transformer.norm, before the mean
-    // vit-pytorch drops to_out when a single head already spans dim
-    attentionProjection: !(base.heads === 1 && base.headDim === base.dim),
+    attentionProjection: projection,
   };
-  const mergeLayer = kwargs.patch_merge_layer ?? Math.floor(config.depth / 2);
-  if (!Number.isSafeInteger(mergeLayer) || (mergeLayer as number) < 0) {
-    throw new EdgeVitError(
-      "invalid_config",
-      `vit_with_patch_merger.ViT kwargs.patch_merge_layer must be a non-negative integer, got ${
-        JSON.stringify(mergeLayer)
-      }`,
-    );
-  }
-  const mergeTokens = kwargs.patch_merge_num_tokens ?? 8;
-  if (!Number.isSafeInteger(mergeTokens) || (mergeTokens as number) < 1) {
-    throw new EdgeVitError(
-      "invalid_config",
-      `vit_with_patch_merger.ViT kwargs.patch_merge_num_tokens must be a positive integer, got ${
-        JSON.stringify(mergeTokens)
-      }`,
-    );
-  }
+  // default(patch_merge_layer, depth // 2): 0 is kept as 0, which never merges
+  const mergeLayer = reader.count("patch_merge_layer", Math.floor(config.depth / 2));
+  const mergeTokens = reader.int("patch_merge_num_tokens", 8);
   const { dim } = config;
-  const patches = (config.imageHeight / config.patchHeight) *
-    (config.imageWidth / config.patchWidth);
-  const patchDim = config.patchHeight * config.patchWidth * config.channels;
+  const patches = patchCount(config);
   // pos_embedding has num_patches + 1 rows, but without a CLS token only the first
   // num_patches are added.
-  const positions = store.get("pos_embedding", [1, patches + 1, dim]);
+  const positions = store.getSqueezed("pos_embedding", [patches + 1, dim]).data;
   const weights: VitWeights = {
-    patchEmbedding: {
-      inputNorm: readTorchNorm(store, "to_patch_embedding.1", patchDim),
-      linear: readTorchLinear(store, "to_patch_embedding.2", dim, patchDim, true),
-      outputNorm: readTorchNorm(store, "to_patch_embedding.3", dim),
-    },
+    patchEmbedding: readNormLinearNormEmbedding(store, geometry),
     prefixTokens: null,
-    patchPositions: positions.data.slice(0, patches * dim),
+    patchPositions: positions.slice(0, patches * dim),
     preNorm: null,
-    blocks: readVitPytorchBlocks(store, config),
-    finalNorm: readTorchNorm(store, "transformer.norm", dim),
-    heads: [readTorchLinear(store, "mlp_head.1", config.numClasses, dim, true)],
+    blocks: readVitPytorchBlocks(store, geometry, projection),
+    finalNorm: store.layerNorm("transformer.norm", dim),
+    heads: [store.linear("mlp_head.1", config.numClasses, dim)],
   };
   const mergerWeights: PatchMergerWeights = {
-    queries: store.get("transformer.patch_merger.queries", [mergeTokens as number, dim]).data,
-    norm: readTorchNorm(store, "transformer.patch_merger.norm", dim),
+    queries: store.get("transformer.patch_merger.queries", [mergeTokens, dim]).data,
+    norm: store.layerNorm("transformer.patch_merger.norm", dim),
   };
   store.assertAllUsed();
   const merger = PatchMerger.create(backend, mergerWeights, config.layerNormEps);
-  const layerIndex = (mergeLayer as number) - 1;
+  const layerIndex = mergeLayer - 1;
   try {
     const inner = VitModel.create(backend, config, weights, {
       precision: options.precision,
