@@ -19,8 +19,21 @@
 import { EdgeVitError } from "../errors.ts";
 import type { RawImage } from "./raw_image.ts";
 
-/** Resampling filter; the names and kernels of PIL's NEAREST, BILINEAR and BICUBIC. */
-export type Interpolation = "nearest" | "bilinear" | "bicubic";
+/**
+ * Resampling filter, named and shaped as PIL's: NEAREST, BILINEAR, BICUBIC (a = −0.5),
+ * and the rarer BOX, HAMMING and LANCZOS (a = 3).
+ */
+export type Interpolation = "nearest" | "bilinear" | "bicubic" | "box" | "hamming" | "lanczos";
+
+/** PIL's integer resample codes, as Hugging Face configs store them (`"resample": 3`). */
+export const PIL_RESAMPLE: Record<number, Interpolation> = {
+  0: "nearest",
+  1: "lanczos",
+  2: "bilinear",
+  3: "bicubic",
+  4: "box",
+  5: "hamming",
+};
 
 const PRECISION_BITS = 22; // 32 − 8 − 2, as in Pillow's 8-bit resampler
 const HALF = 1 << (PRECISION_BITS - 1);
@@ -30,7 +43,17 @@ interface Filter {
   weight(x: number): number;
 }
 
-const FILTERS: Record<"bilinear" | "bicubic", Filter> = {
+function sinc(x: number): number {
+  if (x === 0) return 1;
+  x *= Math.PI;
+  return Math.sin(x) / x;
+}
+
+const FILTERS: Record<Exclude<Interpolation, "nearest">, Filter> = {
+  box: {
+    support: 0.5,
+    weight: (x) => (x > -0.5 && x <= 0.5 ? 1 : 0),
+  },
   bilinear: {
     support: 1,
     weight(x) {
@@ -49,6 +72,20 @@ const FILTERS: Record<"bilinear" | "bicubic", Filter> = {
       if (x < 2) return (((x - 5) * x + 8) * x - 4) * a;
       return 0;
     },
+  },
+  hamming: {
+    support: 1,
+    weight(x) {
+      if (x < 0) x = -x;
+      if (x === 0) return 1;
+      if (x >= 1) return 0;
+      x *= Math.PI;
+      return (Math.sin(x) / x) * (0.54 + 0.46 * Math.cos(x));
+    },
+  },
+  lanczos: {
+    support: 3,
+    weight: (x) => (x >= -3 && x < 3 ? sinc(x) * sinc(x / 3) : 0),
   },
 };
 
@@ -185,7 +222,8 @@ function resizeNearest(image: RawImage, width: number, height: number): RawImage
  * @param image Source pixels.
  * @param width Output width (≥ 1).
  * @param height Output height (≥ 1).
- * @param interpolation `"bicubic"` (PIL.BICUBIC, a = −0.5), `"bilinear"` or `"nearest"`.
+ * @param interpolation `"bicubic"` (PIL.BICUBIC), `"bilinear"`, `"nearest"`, `"box"`,
+ *   `"hamming"` or `"lanczos"`.
  * @returns A new image; the source is copied when the size already matches.
  *
  * @example
