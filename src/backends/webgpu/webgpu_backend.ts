@@ -147,8 +147,8 @@ type Binding = GPUBuffer | { buffer: GPUBuffer; offset: number; size: number };
 export async function requestAdapterWithTimeout(
   options: GPURequestAdapterOptions,
   timeoutMs: number,
+  gpu: Pick<GPU, "requestAdapter"> | undefined = navigatorGpu(),
 ): Promise<GPUAdapter | null> {
-  const gpu = (globalThis.navigator as { gpu?: GPU } | undefined)?.gpu;
   if (!gpu) {
     throw new EdgeVitError(
       "backend_failure",
@@ -160,6 +160,11 @@ export async function requestAdapterWithTimeout(
     timeoutMs,
     "navigator.gpu.requestAdapter()",
   );
+}
+
+/** `navigator.gpu`, or undefined where WebGPU is not enabled. */
+export function navigatorGpu(): GPU | undefined {
+  return (globalThis.navigator as { gpu?: GPU } | undefined)?.gpu;
 }
 
 async function withTimeout<T>(promise: Promise<T>, timeoutMs: number, what: string): Promise<T> {
