@@ -36,7 +36,7 @@ import {
 } from "../loaders/vit_pytorch.ts";
 import type { WeightStore } from "../loaders/weights.ts";
 import { atsSignificance, effectiveBudgets, sampleTokens } from "./ats.ts";
-import type { ForwardOptions, ForwardOutput } from "./types.ts";
+import type { ForwardOptions, ForwardOutput, VisionArchitecture } from "./types.ts";
 import {
   addRows,
   type AttentionHookContext,
@@ -136,6 +136,83 @@ export function createAtsHooks(
     if (budgets.every((budget) => budget === null) && !options?.returnTokenIds) return undefined;
     return new AtsPass(budgets, prefix, options?.returnTokenIds ?? false);
   };
+}
+
+/**
+ * Switches ATS on for an already built ViT with a CLS token (vit-pytorch `ViT`, Hugging
+ * Face, timm, DeiT): each forward runs the model with ATS hooks, `settings` giving the
+ * budgets, which requests may lower further with `tokenBudget`.
+ *
+ * @param architecture a model built by `vit.ts` ({@link VitModel})
+ * @param settings budgets per layer
+ * @returns a model that prunes; it owns `architecture` (disposing it disposes both)
+ * @throws {EdgeVitError} `unsupported` for other architectures or a model without CLS token;
+ *   `invalid_config` for bad budgets
+ *
+ * @example
+ * ```ts
+ * import { ReferenceBackend } from "../backends/reference/reference_backend.ts";
+ * import { randomVitWeights, type VitConfig, VitModel } from "./vit.ts";
+ * import { withAts } from "./ats_vit.ts";
+ * const config: VitConfig = {
+ *   imageHeight: 16, imageWidth: 16, patchHeight: 4, patchWidth: 4, channels: 3,
+ *   dim: 16, depth: 2, heads: 2, headDim: 8, mlpDim: 32, numClasses: 3,
+ *   classToken: true, distillationToken: false, pool: "cls", finalNorm: "tokens",
+ *   head: "single", preNorm: false, qkvBias: true, attentionProjection: true,
+ *   projectionBias: true, layerNormEps: 1e-6, patchEmbedding: "conv",
+ * };
+ * const plain = VitModel.create(new ReferenceBackend(), config, randomVitWeights(config));
+ * const pruned = withAts(plain, { maxTokensPerDepth: 8 });
+ * const out = await pruned.forward(new Float32Array(3 * 16 * 16), [1, 3, 16, 16]);
+ * console.log(out.tokensPerImage[0] < 16); // true
+ * pruned.dispose();
+ * ```
+ */
+export function withAts(architecture: VisionArchitecture, settings: AtsSettings): AtsVit {
+  if (!(architecture instanceof VitModel)) {
+    throw new EdgeVitError(
+      "unsupported",
+      "ATS can be switched on for ViT-family models (vit-pytorch ViT, Hugging Face, timm) only",
+    );
+  }
+  return new AtsVit(architecture, createAtsHooks(architecture.config, settings));
+}
+
+/** A ViT run with ATS hooks; see {@link withAts}. */
+export class AtsVit implements VisionArchitecture {
+  readonly numClasses: number;
+  readonly channels: number;
+  readonly inputSize: { height: number; width: number };
+  readonly patchSize: number;
+  readonly precision: Precision;
+  readonly backend: Backend;
+  readonly #hooks: (options: ForwardOptions | undefined) => EncoderHooks | undefined;
+
+  constructor(
+    /** The ViT being pruned. */
+    readonly model: VitModel,
+    hooks: (options: ForwardOptions | undefined) => EncoderHooks | undefined,
+  ) {
+    this.#hooks = hooks;
+    this.numClasses = model.numClasses;
+    this.channels = model.channels;
+    this.inputSize = model.inputSize;
+    this.patchSize = model.patchSize;
+    this.precision = model.precision;
+    this.backend = model.backend;
+  }
+
+  async forward(
+    pixels: Float32Array,
+    shape: readonly [number, number, number, number],
+    options?: ForwardOptions,
+  ): Promise<ForwardOutput> {
+    return await this.model.forwardWithHooks(pixels, shape, this.#hooks(options));
+  }
+
+  dispose(): void {
+    this.model.dispose();
+  }
 }
 
 /** The state of ATS over one forward pass: which original patches each row holds. */

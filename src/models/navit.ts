@@ -23,6 +23,7 @@
 
 import type { Backend, LinearWeights, Precision, Tensor } from "../backends/backend.ts";
 import { EdgeVitError } from "../errors.ts";
+import { ConfigReader } from "../loaders/config.ts";
 import type { HostTensor, WeightStore } from "../loaders/weights.ts";
 import { packGreedy, validateGroups } from "./packing.ts";
 import type { ForwardOptions, ForwardOutput, PackedImage, VisionArchitecture } from "./types.ts";
@@ -58,45 +59,27 @@ const LAYER_NORM_EPS = 1e-5;
  * console.log(config.imageSize, config.dimHead); // [64, 64] 64
  * ```
  */
-export function parseNaViTConfig(kwargs: Record<string, unknown>): NaViTConfig {
-  const int = (name: string, fallback?: number): number => {
-    const value = kwargs[name] ?? fallback;
-    if (!Number.isInteger(value) || (value as number) < 1) {
-      throw new EdgeVitError(
-        "invalid_config",
-        `NaViT kwargs.${name} must be a positive integer, got ${JSON.stringify(value)}`,
-      );
-    }
-    return value as number;
-  };
-  const size = kwargs.image_size;
-  const imageSize: [number, number] = Array.isArray(size) && size.length === 2
-    ? [size[0], size[1]]
-    : [size as number, size as number];
-  if (!imageSize.every((side) => Number.isInteger(side) && side >= 1)) {
+export function parseNaViTConfig(kwargs: Record<string, unknown>, source = "NaViT"): NaViTConfig {
+  const reader = new ConfigReader(kwargs, `${source} kwargs`);
+  const imageSize = reader.pair("image_size");
+  const patchSize = reader.int("patch_size");
+  if (imageSize.some((side) => side % patchSize !== 0)) {
     throw new EdgeVitError(
       "invalid_config",
-      `NaViT kwargs.image_size must be an int or [height, width], got ${JSON.stringify(size)}`,
+      `${source}: image_size [${imageSize}] is not a multiple of patch_size ${patchSize}`,
     );
   }
-  const config: NaViTConfig = {
+  return {
     imageSize,
-    patchSize: int("patch_size"),
-    numClasses: int("num_classes"),
-    dim: int("dim"),
-    depth: int("depth"),
-    heads: int("heads"),
-    dimHead: int("dim_head", 64),
-    mlpDim: int("mlp_dim"),
-    channels: int("channels", 3),
+    patchSize,
+    numClasses: reader.int("num_classes"),
+    dim: reader.int("dim"),
+    depth: reader.int("depth"),
+    heads: reader.int("heads"),
+    dimHead: reader.int("dim_head", 64),
+    mlpDim: reader.int("mlp_dim"),
+    channels: reader.int("channels", 3),
   };
-  if (imageSize.some((side) => side % config.patchSize !== 0)) {
-    throw new EdgeVitError(
-      "invalid_config",
-      `NaViT image_size [${imageSize}] is not a multiple of patch_size ${config.patchSize}`,
-    );
-  }
-  return config;
 }
 
 /** Limits an image must respect to be fed to a NaViT as it is. */
@@ -340,9 +323,16 @@ export class NaViT implements VisionArchitecture {
     backend: Backend,
     kwargs: Record<string, unknown>,
     store: WeightStore,
-    options: { precision?: Precision; maxSequenceLength?: number } = {},
+    options: { precision?: Precision; maxSequenceLength?: number; source?: string } = {},
   ): NaViT {
-    const config = parseNaViTConfig(kwargs);
+    const config = parseNaViTConfig(kwargs, options.source);
+    const max = options.maxSequenceLength;
+    if (max !== undefined && !(Number.isSafeInteger(max) && max > 0)) {
+      throw new EdgeVitError(
+        "invalid_argument",
+        `maxSequenceLength must be a positive integer, got ${max}`,
+      );
+    }
     return new NaViT(
       backend,
       config,

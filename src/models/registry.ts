@@ -23,11 +23,14 @@
 
 import type { Backend, Precision } from "../backends/backend.ts";
 import { EdgeVitError } from "../errors.ts";
-import type { CheckpointInfo, CheckpointLibrary } from "../loaders/config.ts";
+import { type CheckpointInfo, type CheckpointLibrary, ConfigReader } from "../loaders/config.ts";
 import { isTimmVitName, vitFromTimm } from "../loaders/timm.ts";
 import { TRANSFORMERS_VIT_CLASSES, vitFromTransformers } from "../loaders/transformers.ts";
 import { vitFromVitPytorch } from "../loaders/vit_pytorch.ts";
 import type { WeightStore } from "../loaders/weights.ts";
+import { buildAtsVit } from "./ats_vit.ts";
+import { NaViT } from "./navit.ts";
+import { buildPatchMergerVit } from "./patch_merger.ts";
 import { simpleVitFromVitPytorch } from "./simple_vit.ts";
 import type { VisionArchitecture } from "./types.ts";
 import { VitModel } from "./vit.ts";
@@ -76,6 +79,33 @@ export const ARCHITECTURES: ArchitectureEntry[] = [
       return VitModel.create(backend, config, vit, { precision, source: checkpoint.source });
     },
   },
+  {
+    library: "vit-pytorch",
+    name: "NaViT",
+    build: ({ checkpoint, weights, backend, precision }) =>
+      NaViT.build(backend, vitPytorchKwargs(checkpoint), weights, {
+        precision,
+        source: checkpoint.source,
+      }),
+  },
+  {
+    library: "vit-pytorch",
+    name: "ats_vit.ViT",
+    build: ({ checkpoint, weights, backend, precision }) =>
+      buildAtsVit(backend, vitPytorchKwargs(checkpoint), weights, {
+        precision,
+        source: checkpoint.source,
+      }),
+  },
+  {
+    library: "vit-pytorch",
+    name: "vit_with_patch_merger.ViT",
+    build: ({ checkpoint, weights, backend, precision }) =>
+      buildPatchMergerVit(backend, vitPytorchKwargs(checkpoint), weights, {
+        precision,
+        source: checkpoint.source,
+      }),
+  },
   ...TRANSFORMERS_VIT_CLASSES.map((name): ArchitectureEntry => ({
     library: "transformers",
     name,
@@ -97,6 +127,11 @@ export const ARCHITECTURES: ArchitectureEntry[] = [
     },
   },
 ];
+
+/** A vit-pytorch manifest's `kwargs` object (validated by the builders' readers). */
+function vitPytorchKwargs(checkpoint: CheckpointInfo): Record<string, unknown> {
+  return new ConfigReader(checkpoint.config, checkpoint.source).obj("kwargs") ?? {};
+}
 
 function matches(entry: ArchitectureEntry, library: string, architecture: string): boolean {
   if (entry.library !== library) return false;

@@ -3,7 +3,8 @@ import type { Backend } from "../../src/backends/backend.ts";
 import { ReferenceBackend } from "../../src/backends/reference/reference_backend.ts";
 import { EdgeVitError } from "../../src/errors.ts";
 import { atsSignificance, effectiveBudgets, sampleTokens } from "../../src/models/ats.ts";
-import { buildAtsVit, createAtsHooks } from "../../src/models/ats_vit.ts";
+import { buildAtsVit, createAtsHooks, withAts as withAtsOn } from "../../src/models/ats_vit.ts";
+import { NaViT } from "../../src/models/navit.ts";
 import { randomVitWeights, seededRandom, type VitConfig, VitModel } from "../../src/models/vit.ts";
 import { maxAbsDiff, readCase } from "./_fixtures.ts";
 
@@ -231,6 +232,14 @@ for (const [name, create] of backends) {
       tokenBudget: 4,
     });
     tighter.tokenIds!.forEach((layer) => layer.forEach((ids) => assert.ok(ids.length <= 4)));
+    // the same switch on an already built model
+    const wrapped = withAtsOn(VitModel.create(backend, config, weights), {
+      maxTokensPerDepth: [20, null, 6],
+    });
+    const viaWrapper = await wrapped.forward(pixels, [2, 3, 24, 24], { returnTokenIds: true });
+    assert.deepEqual(viaWrapper.logits, pruned.logits);
+    assert.deepEqual(viaWrapper.tokenIds, pruned.tokenIds);
+    wrapped.dispose();
     for (const model of [plain, switchable, withAts]) model.dispose();
 
     const noCls = { ...config, classToken: false, pool: "mean" as const };
@@ -239,3 +248,10 @@ for (const [name, create] of backends) {
     assert.throws(() => createAtsHooks(config, { maxTokensPerDepth: [8, 0, 8] }), EdgeVitError);
   });
 }
+
+Deno.test("ATS cannot be switched on for a model outside the ViT family", async () => {
+  const navit = await readCase("vitpytorch-navit");
+  const model = NaViT.build(new ReferenceBackend(), navit.config.kwargs, navit.weights());
+  assert.throws(() => withAtsOn(model, { maxTokensPerDepth: 8 }), /ViT-family/);
+  model.dispose();
+});
