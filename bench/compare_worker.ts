@@ -1,0 +1,98 @@
+/**
+ * One onnxruntime runner of bench/compare.ts, in its own worker. onnxruntime-web fixes
+ * its thread count once per module instance, so the 1- and 2-thread runners each need
+ * a fresh isolate; onnxruntime-node runs here too so every ORT runner is timed the same
+ * way (inside the worker, around `session.run` only).
+ *
+ * Protocol: `{op: "load", runtime, threads, onnxPath}` → `{ok}`;
+ * `{op: "run", pixels, shape}` → `{ok, logits, ms}`; `{op: "close"}` → `{ok}`.
+ * Failures answer `{ok: false, error}`.
+ *
+ * @module
+ */
+
+import { loadOnnxModel, type OnnxModel } from "../src/backends/ort/ort_model.ts";
+
+type Request =
+  | { op: "load"; runtime: "ort-web" | "ort-node"; threads: number; onnxPath: string }
+  | { op: "run"; pixels: Float32Array; shape: [number, number, number, number] }
+  | { op: "close" };
+
+interface NodeTensor {
+  readonly data: unknown;
+}
+interface NodeSession {
+  readonly inputNames: readonly string[];
+  readonly outputNames: readonly string[];
+  run(feeds: Record<string, unknown>): Promise<Record<string, NodeTensor>>;
+  release(): Promise<void>;
+}
+
+let web: OnnxModel | null = null;
+let node:
+  | { session: NodeSession; makeTensor: (x: Float32Array, dims: number[]) => unknown }
+  | null = null;
+
+async function load(request: Extract<Request, { op: "load" }>): Promise<void> {
+  if (request.runtime === "ort-web") {
+    web = await loadOnnxModel(request.onnxPath, { device: "wasm", threads: request.threads });
+    return;
+  }
+  const ort = await import("onnxruntime-node");
+  const session = await ort.InferenceSession.create(request.onnxPath, {
+    executionProviders: ["cpu"],
+    intraOpNumThreads: request.threads,
+    interOpNumThreads: 1,
+    executionMode: "sequential",
+    graphOptimizationLevel: "all",
+  }) as unknown as NodeSession;
+  node = {
+    session,
+    makeTensor: (x, dims) => new ort.Tensor("float32", x, dims),
+  };
+}
+
+async function run(pixels: Float32Array, shape: [number, number, number, number]) {
+  if (web) {
+    const start = performance.now();
+    const logits = await web.forward(pixels, shape);
+    return { logits, ms: performance.now() - start };
+  }
+  if (node) {
+    const { session, makeTensor } = node;
+    const start = performance.now();
+    const outputs = await session.run({ [session.inputNames[0]]: makeTensor(pixels, shape) });
+    const ms = performance.now() - start;
+    const name = session.outputNames.includes("logits") ? "logits" : session.outputNames[0];
+    return { logits: (outputs[name].data as Float32Array).slice(), ms };
+  }
+  throw new Error("no model loaded");
+}
+
+// Typed by hand: the worker lib's globals clash with the window lib when bench/ is
+// type-checked as one program.
+const scope = self as unknown as {
+  onmessage: ((event: MessageEvent<Request>) => void) | null;
+  postMessage(message: unknown, transfer?: Transferable[]): void;
+};
+
+scope.onmessage = async (event: MessageEvent<Request>) => {
+  const request = event.data;
+  try {
+    if (request.op === "load") {
+      await load(request);
+      scope.postMessage({ ok: true });
+    } else if (request.op === "run") {
+      const result = await run(request.pixels, request.shape);
+      scope.postMessage({ ok: true, ...result }, [result.logits.buffer as ArrayBuffer]);
+    } else {
+      web?.close();
+      await node?.session.release();
+      web = null;
+      node = null;
+      scope.postMessage({ ok: true });
+    }
+  } catch (error) {
+    scope.postMessage({ ok: false, error: String(error instanceof Error ? error.message : error) });
+  }
+};
