@@ -23,7 +23,7 @@ import {
   type VitConfig,
   type VitWeights,
 } from "../models/vit.ts";
-import { ConfigReader, isObject, type JsonObject, readLabels } from "./config.ts";
+import { ConfigReader, type JsonObject } from "./config.ts";
 import type { WeightStore } from "./weights.ts";
 
 /** timm's ViT LayerNorm epsilon (`partial(nn.LayerNorm, eps=1e-6)`). */
@@ -277,10 +277,4 @@ export function vitFromTimm(
     heads: headWeights,
   };
   return { config, weights };
-}
-
-/** Labels of a timm config: top-level `label_names`, else `pretrained_cfg.label_names`. */
-export function timmLabels(config: JsonObject, source: string): string[] | undefined {
-  const pretrained = isObject(config.pretrained_cfg) ? config.pretrained_cfg : {};
-  return readLabels(config.label_names ?? pretrained.label_names, `${source} label_names`);
 }

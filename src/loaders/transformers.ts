@@ -188,8 +188,3 @@ export function vitFromTransformers(
   };
   return { config, weights };
 }
-
-/** Labels from an HF config's `id2label`. */
-export function transformersLabels(config: JsonObject, source: string): string[] | undefined {
-  return readLabels(config.id2label, `${source} id2label`);
-}
