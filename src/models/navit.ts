@@ -24,9 +24,10 @@
 import type { Backend, LinearWeights, Precision, Tensor } from "../backends/backend.ts";
 import { EdgeVitError } from "../errors.ts";
 import { ConfigReader } from "../loaders/config.ts";
-import type { HostTensor, WeightStore } from "../loaders/weights.ts";
+import { type HostTensor, WeightStore } from "../loaders/weights.ts";
 import { packGreedy, validateGroups } from "./packing.ts";
 import type { ForwardOptions, ForwardOutput, PackedImage, VisionArchitecture } from "./types.ts";
+import { seededRandom } from "./vit.ts";
 
 /** vit-pytorch `NaViT` constructor arguments (the ones inference needs). */
 export interface NaViTConfig {
@@ -578,4 +579,65 @@ export class NaViT implements VisionArchitecture {
  */
 function rmsEps(headDim: number): number {
   return 1e-24 / headDim;
+}
+
+/**
+ * A random NaViT state dict under vit-pytorch's names (benches, tests): linears uniform
+ * in ±1/√in, norm scales near 1, small biases, so activations stay realistic.
+ *
+ * @example
+ * ```ts
+ * import { ReferenceBackend } from "../backends/reference/reference_backend.ts";
+ * import { NaViT, randomNaViTWeights } from "./navit.ts";
+ * const kwargs = { image_size: 32, patch_size: 8, num_classes: 3, dim: 16, depth: 1, heads: 2, dim_head: 8, mlp_dim: 32 };
+ * const model = NaViT.build(new ReferenceBackend(), kwargs, randomNaViTWeights(kwargs));
+ * console.log(model.maxSequenceLength); // 16
+ * ```
+ */
+export function randomNaViTWeights(kwargs: Record<string, unknown>, seed = 1): WeightStore {
+  const config = parseNaViTConfig(kwargs);
+  const random = seededRandom(seed);
+  const tensors: Record<string, HostTensor> = {};
+  const put = (name: string, shape: number[], scale: number, offset = 0) => {
+    const size = shape.reduce((a, b) => a * b, 1);
+    const data = new Float32Array(size);
+    for (let i = 0; i < size; i++) data[i] = offset + (random() * 2 - 1) * scale;
+    tensors[name] = { shape, data };
+  };
+  const linear = (name: string, out: number, inp: number, bias: boolean) => {
+    put(`${name}.weight`, [out, inp], 1 / Math.sqrt(inp));
+    if (bias) put(`${name}.bias`, [out], 0.02);
+  };
+  const norm = (name: string, size: number) => {
+    put(`${name}.gamma`, [size], 0.1, 1);
+    put(`${name}.beta`, [size], 0.02);
+  };
+  const { dim, heads, dimHead, mlpDim, channels, patchSize, depth, numClasses } = config;
+  const inner = heads * dimHead;
+  const patchDim = channels * patchSize * patchSize;
+  const attention = (prefix: string) => {
+    norm(`${prefix}.norm`, dim);
+    put(`${prefix}.q_norm.gamma`, [heads, 1, dimHead], 0.1, 1);
+    put(`${prefix}.k_norm.gamma`, [heads, 1, dimHead], 0.1, 1);
+    linear(`${prefix}.to_q`, inner, dim, false);
+    linear(`${prefix}.to_kv`, 2 * inner, dim, false);
+    linear(`${prefix}.to_out.0`, dim, inner, false);
+  };
+  norm("to_patch_embedding.0", patchDim);
+  linear("to_patch_embedding.1", dim, patchDim, true);
+  norm("to_patch_embedding.2", dim);
+  put("pos_embed_height", [config.imageSize[0] / patchSize, dim], 0.5);
+  put("pos_embed_width", [config.imageSize[1] / patchSize, dim], 0.5);
+  for (let layer = 0; layer < depth; layer++) {
+    attention(`transformer.layers.${layer}.0`);
+    norm(`transformer.layers.${layer}.1.0`, dim);
+    linear(`transformer.layers.${layer}.1.1`, mlpDim, dim, true);
+    linear(`transformer.layers.${layer}.1.4`, dim, mlpDim, true);
+  }
+  norm("transformer.norm", dim);
+  put("attn_pool_queries", [dim], 1);
+  attention("attn_pool");
+  norm("mlp_head.0", dim);
+  linear("mlp_head.1", numClasses, dim, false);
+  return WeightStore.fromHost(tensors, "random NaViT");
 }
