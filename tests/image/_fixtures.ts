@@ -1,0 +1,57 @@
+/**
+ * Shared helpers of the image tests: the committed fixtures in
+ * tests/fixtures/images/ (made by make_reference.py) and comparisons.
+ *
+ * @module
+ */
+
+import { hfPreprocess, plainPreprocess, timmPreprocess } from "../../src/image/preprocess.ts";
+import type { PreprocessConfig } from "../../src/image/preprocess.ts";
+
+export const FIXTURES = new URL("../fixtures/images/", import.meta.url);
+
+// deno-lint-ignore no-explicit-any
+export const REFERENCE: any = JSON.parse(
+  Deno.readTextFileSync(new URL("reference.json", FIXTURES)),
+);
+
+export function fixture(name: string): Uint8Array {
+  return Deno.readFileSync(new URL(name, FIXTURES));
+}
+
+/** Reads a gzip'd reference array. */
+export async function gunzip(name: string): Promise<Uint8Array> {
+  const stream = new Blob([fixture(name)]).stream().pipeThrough(new DecompressionStream("gzip"));
+  return new Uint8Array(await new Response(stream).arrayBuffer());
+}
+
+export async function sha256(bytes: Uint8Array): Promise<string> {
+  const digest = await crypto.subtle.digest("SHA-256", bytes);
+  return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+/** Mean and max absolute difference, and the number of differing values. */
+export function compare(
+  actual: ArrayLike<number>,
+  expected: ArrayLike<number>,
+): { mean: number; max: number; differing: number } {
+  if (actual.length !== expected.length) {
+    throw new Error(`length ${actual.length} vs ${expected.length}`);
+  }
+  let sum = 0, max = 0, differing = 0;
+  for (let i = 0; i < actual.length; i++) {
+    const d = Math.abs(actual[i] - expected[i]);
+    sum += d;
+    if (d > max) max = d;
+    if (d !== 0) differing++;
+  }
+  return { mean: sum / Math.max(1, actual.length), max, differing };
+}
+
+/** The config a loader would build for a reference pipeline case. */
+// deno-lint-ignore no-explicit-any
+export function configOf(entry: any): PreprocessConfig {
+  if (entry.policy === "timm") return timmPreprocess(entry.config);
+  if (entry.policy === "hf") return hfPreprocess(entry.config, entry.kind);
+  return plainPreprocess(entry.config);
+}
