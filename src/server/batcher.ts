@@ -5,9 +5,9 @@
  *
  * When to start a batch (only one runs at a time per model):
  * - at once when the batch is full (`maxBatch` images or `maxBatchTokens` tokens);
- * - at once when no other request is on its way in (being read or decoded), so a
- *   lone client never waits for company that is not coming (this keeps latency at
- *   1 client where it is without batching);
+ * - as soon as no other request is on its way in (being read or decoded) and a couple
+ *   of event-loop turns brought nobody new, so a lone client never waits for company
+ *   that is not coming (latency at 1 client stays where it is without batching);
  * - otherwise when the oldest image has waited `maxWaitMs`.
  * Images that arrive while a batch runs gather for the next one. Only jobs with the
  * same key (model options that must agree within a forward call, e.g. the ATS token
@@ -17,6 +17,9 @@
  */
 
 import { HttpError } from "./http_errors.ts";
+
+/** Event-loop turns with nobody new and nobody on the way before a partial batch leaves. */
+const QUIET_TURNS = 2;
 
 /** Limits of a {@link Batcher}. */
 export interface BatcherOptions {
@@ -101,15 +104,27 @@ export class Batcher<I, O> {
   #queue: Job<I, O>[] = [];
   #running = false;
   #expected = 0;
-  #timer: ReturnType<typeof setTimeout> | undefined;
+  #channel: MessageChannel | undefined;
+  #turnWaiters: (() => void)[] = [];
   #closed = false;
   #averageBatchMs = 0;
   #idleWaiters: (() => void)[] = [];
 
+  readonly #incoming?: () => number;
+
+  /**
+   * @param run hands a batch to the model
+   * @param options limits
+   * @param onBatch called after each batch (metrics)
+   * @param incoming how many jobs are on their way beyond those announced with
+   *   {@link expect} (e.g. requests whose bodies are still being read); call
+   *   {@link poke} when it drops
+   */
   constructor(
     run: BatchRunner<I, O>,
     options: BatcherOptions,
     onBatch?: (stats: BatchStats) => void,
+    incoming?: () => number,
   ) {
     for (const [name, value] of Object.entries(options)) {
       if (!(value >= 0) || (name !== "maxWaitMs" && !(value >= 1))) {
@@ -119,6 +134,12 @@ export class Batcher<I, O> {
     this.#run = run;
     this.options = { ...options };
     this.#onBatch = onBatch;
+    this.#incoming = incoming;
+  }
+
+  /** Re-evaluates a waiting batch (call when the `incoming` count drops). */
+  poke(): void {
+    this.#pump();
   }
 
   /** Images waiting (not yet in a running batch). */
@@ -202,10 +223,15 @@ export class Batcher<I, O> {
     });
   }
 
-  /** Refuses new jobs; queued ones still run. */
+  /** Refuses new jobs; queued ones still run. Await {@link idle} to know when they have. */
   close(): void {
     this.#closed = true;
     this.#pump();
+    void this.idle().then(() => {
+      this.#channel?.port1.close();
+      this.#channel?.port2.close();
+      this.#channel = undefined;
+    });
   }
 
   /** Resolves once nothing is queued or running. */
@@ -220,10 +246,6 @@ export class Batcher<I, O> {
   }
 
   #pump(): void {
-    if (this.#timer !== undefined) {
-      clearTimeout(this.#timer);
-      this.#timer = undefined;
-    }
     if (this.#running) return;
     if (this.#queue.length === 0) {
       const waiters = this.#idleWaiters;
@@ -231,41 +253,87 @@ export class Batcher<I, O> {
       for (const wake of waiters) wake();
       return;
     }
+    this.#running = true;
+    void this.#cycle();
+  }
+
+  async #cycle(): Promise<void> {
+    try {
+      const { batch, tokens } = await this.#gather();
+      if (batch.length > 0) await this.#execute(batch, tokens);
+    } finally {
+      this.#running = false;
+      this.#pump();
+    }
+  }
+
+  /** The batch the oldest job would lead now, and whether it can take no more. */
+  #select(): { batch: Job<I, O>[]; tokens: number; full: boolean } {
     const head = this.#queue[0];
     const batch: Job<I, O>[] = [];
     let tokens = 0;
-    let full = false;
     for (const job of this.#queue) {
       if (job.key !== head.key) continue;
       if (batch.length > 0 && tokens + job.cost > this.options.maxBatchTokens) {
-        full = true;
-        break;
+        return { batch, tokens, full: true };
       }
       batch.push(job);
       tokens += job.cost;
-      if (batch.length >= this.options.maxBatch) {
-        full = true;
-        break;
-      }
+      if (batch.length >= this.options.maxBatch) return { batch, tokens, full: true };
     }
-    const waited = performance.now() - head.enqueuedAt;
-    if (!full && !this.#closed && this.#expected > 0 && waited < this.options.maxWaitMs) {
-      this.#timer = setTimeout(() => {
-        this.#timer = undefined;
-        this.#pump();
-      }, Math.max(0, this.options.maxWaitMs - waited));
-      return;
-    }
-    this.#dispatch(batch, tokens);
+    return { batch, tokens, full: false };
   }
 
-  async #dispatch(batch: Job<I, O>[], tokens: number): Promise<void> {
-    const chosen = new Set(batch);
-    this.#queue = this.#queue.filter((job) => !chosen.has(job));
-    for (const job of batch) {
-      if (job.onAbort) job.signal!.removeEventListener("abort", job.onAbort);
+  /**
+   * Waits for company, then takes the batch out of the queue. Deno hands the handler
+   * about one new request per event-loop turn, and none while a batch computes, so
+   * waiting means yielding turns (tens of µs each) until a few pass with nobody new
+   * and nobody on the way, or the oldest job has waited `maxWaitMs`.
+   */
+  async #gather(): Promise<{ batch: Job<I, O>[]; tokens: number }> {
+    let quiet = 0;
+    while (true) {
+      if (this.#queue.length === 0) return { batch: [], tokens: 0 };
+      const { batch, tokens, full } = this.#select();
+      const waited = performance.now() - this.#queue[0].enqueuedAt;
+      const coming = this.#expected + (this.#incoming?.() ?? 0);
+      const settled = coming === 0 && quiet >= QUIET_TURNS;
+      if (full || settled || this.#closed || waited >= this.options.maxWaitMs) {
+        const chosen = new Set(batch);
+        this.#queue = this.#queue.filter((job) => !chosen.has(job));
+        for (const job of batch) {
+          if (job.onAbort) job.signal!.removeEventListener("abort", job.onAbort);
+        }
+        return { batch, tokens };
+      }
+      const queued = this.#queue.length;
+      await this.#turn();
+      const news = this.#queue.length !== queued ||
+        this.#expected + (this.#incoming?.() ?? 0) > 0;
+      quiet = news ? 0 : quiet + 1;
     }
-    this.#running = true;
+  }
+
+  /** Resolves after one event-loop turn (a message round trip; timers are clamped to ms). */
+  #turn(): Promise<void> {
+    if (typeof MessageChannel === "undefined") {
+      return new Promise((resolve) => setTimeout(resolve, 0));
+    }
+    if (!this.#channel) {
+      this.#channel = new MessageChannel();
+      this.#channel.port1.onmessage = () => {
+        const wake = this.#turnWaiters;
+        this.#turnWaiters = [];
+        for (const resolve of wake) resolve();
+      };
+    }
+    return new Promise((resolve) => {
+      this.#turnWaiters.push(resolve);
+      this.#channel!.port2.postMessage(null);
+    });
+  }
+
+  async #execute(batch: Job<I, O>[], tokens: number): Promise<void> {
     const start = performance.now();
     try {
       const outputs = await this.#run(batch.map((job) => job.item), batch[0].key);
@@ -287,9 +355,6 @@ export class Batcher<I, O> {
       );
     } catch (error) {
       for (const job of batch) job.reject(error);
-    } finally {
-      this.#running = false;
-      this.#pump();
     }
   }
 }

@@ -68,9 +68,10 @@ export interface ServedModel {
 }
 
 /**
- * Reads an image's format and dimensions from its header only (no pixel allocation).
+ * Reads an image's format and dimensions from its header only (no pixel allocation)
+ * and checks them against the limits.
  *
  * @throws {import("../errors.ts").EdgeVitError} `unsupported_media_type` for unknown formats,
- *   `invalid_image` for a corrupt or truncated header
+ *   `invalid_image` for a corrupt or truncated header, `too_large` past the limits
  */
-export type ImageProbe = (bytes: Uint8Array) => ImageHeader;
+export type ImageProbe = (bytes: Uint8Array, limits: { maxPixels: number }) => ImageHeader;

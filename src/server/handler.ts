@@ -13,10 +13,84 @@
  */
 
 import { EdgeVitError } from "../errors.ts";
+import { checkLimits, sniffImage } from "../image/sniff.ts";
 import { type Arrivals, Batcher, type JobResult } from "./batcher.ts";
+import { splitModelArg } from "./config.ts";
 import type { ImageProbe, InferenceOptions, PreparedImage, ServedModel } from "./engine.ts";
 import { errorResponse, HttpError } from "./http_errors.ts";
 import { ServerMetrics } from "./metrics.ts";
+import { loadServedModel } from "./model_loader.ts";
+
+/** Folder name of the model `deno task serve` loads when given none (under models/). */
+export const DEFAULT_MODEL = "vit-fmnist";
+
+/** Path of the embedded default model, wherever the process runs from. */
+export function defaultModelLocation(): string {
+  const url = new URL(`../../models/${DEFAULT_MODEL}`, import.meta.url);
+  return url.protocol === "file:" ? decodeURIComponent(url.pathname) : url.href;
+}
+
+/** Options of {@link createHandler}. */
+export interface HandlerOptions extends Partial<HandlerLimits> {
+  /**
+   * Model folders or URLs (`name=location` names one; otherwise the folder name is its
+   * name), or models already wrapped for serving. The first is the default model.
+   * Default: the embedded default model ({@link DEFAULT_MODEL}).
+   */
+  models?: readonly (string | ServedModel)[];
+  /** Backend to load models on ("auto" default). */
+  backend?: string;
+  /** "f32" (default) or "int8". */
+  precision?: string;
+  /** When set, /v1/* and /metrics need `Authorization: Bearer <key>` or `x-api-key: <key>`. */
+  apiKey?: string | null;
+  /** Run one warm-up batch per model before /readyz says ready (default true). */
+  warmup?: boolean;
+}
+
+/**
+ * Creates the edgevit HTTP handler: loads the models in the background (`/readyz`
+ * answers 200 once they are loaded and warmed up) and serves `/v1/classify`,
+ * `/v1/models`, `/healthz`, `/readyz` and `/metrics`.
+ *
+ * @example
+ * ```ts ignore
+ * import { createHandler } from "./handler.ts";
+ * const handler = createHandler({ models: ["models/vit-fmnist"], maxBatch: 16 });
+ * Deno.serve({ hostname: "127.0.0.1", port: 8000 }, handler);
+ * ```
+ */
+export function createHandler(options: HandlerOptions = {}): EdgeVitHandler {
+  const specs = options.models && options.models.length > 0
+    ? options.models
+    : [defaultModelLocation()];
+  return createServingHandler({
+    ...options,
+    probe: (bytes, limits) => {
+      const info = sniffImage(bytes);
+      checkLimits(info, limits);
+      return info;
+    },
+    models: async () => {
+      const models: ServedModel[] = [];
+      for (const spec of specs) {
+        if (typeof spec !== "string") {
+          models.push(spec);
+          continue;
+        }
+        const { name, location } = splitModelArg(spec);
+        models.push(
+          await loadServedModel(location, {
+            name,
+            backend: options.backend,
+            precision: options.precision,
+          }),
+        );
+      }
+      return models;
+    },
+  });
+}
 
 /** Limits of the handler; see {@link import("./config.ts").ServerConfig} for their meaning. */
 export interface HandlerLimits {
@@ -337,6 +411,12 @@ export function createServingHandler(options: ServingHandlerOptions): EdgeVitHan
   let loadError = "";
   let draining = false;
   let inFlight = 0;
+  /** Admitted classify requests that have not yet submitted all their images. */
+  let preparing = 0;
+  const donePreparing = () => {
+    preparing--;
+    for (const entry of entries.values()) entry.batcher.poke();
+  };
 
   metrics.queueDepth.collect(() =>
     [...entries.values()].map((entry) => [{ model: entry.model.name }, entry.batcher.depth])
@@ -373,6 +453,8 @@ export function createServingHandler(options: ServingHandlerOptions): EdgeVitHan
         metrics.batchTokens.observe({ model: model.name }, stats.tokens);
         metrics.batchSeconds.observe({ model: model.name }, stats.runMs / 1000);
       },
+      // Requests still being read or decoded will most likely join a batch soon.
+      () => preparing,
     );
     entries.set(model.name, { model, batcher });
     if (defaultName === "") defaultName = model.name;
@@ -422,6 +504,26 @@ export function createServingHandler(options: ServingHandlerOptions): EdgeVitHan
   };
 
   const classify = async (request: Request, url: URL, signal: AbortSignal) => {
+    preparing++;
+    let prepared = false;
+    const finishPreparing = () => {
+      if (prepared) return;
+      prepared = true;
+      donePreparing();
+    };
+    try {
+      return await classifyPrepared(request, url, signal, finishPreparing);
+    } finally {
+      finishPreparing();
+    }
+  };
+
+  const classifyPrepared = async (
+    request: Request,
+    url: URL,
+    signal: AbortSignal,
+    finishPreparing: () => void,
+  ) => {
     const input = await parseClassifyBody(request, limits, signal);
     await waitReady(signal);
     const query = url.searchParams;
@@ -445,17 +547,19 @@ export function createServingHandler(options: ServingHandlerOptions): EdgeVitHan
     if (input.images.length > limits.maxImages) throw tooManyImages(limits);
 
     // Headers first, for every image, so an oversized image costs no decoding at all.
-    input.images.forEach((bytes, i) => {
-      const header = options.probe(bytes);
-      const pixels = header.width * header.height;
-      if (pixels > limits.maxPixels) {
+    for (const bytes of input.images) {
+      const header = options.probe(bytes, { maxPixels: limits.maxPixels });
+      // Also enforced here, so a probe that ignores limits cannot let a huge image through.
+      if (header.width * header.height > limits.maxPixels) {
         throw new HttpError(
           413,
           "too_large",
-          `image ${i} is ${header.width}×${header.height} = ${pixels} pixels, over the limit of ${limits.maxPixels}`,
+          `image is ${header.width}×${header.height} = ${
+            header.width * header.height
+          } pixels; the limit is ${limits.maxPixels}`,
         );
       }
-    });
+    }
 
     const inference: InferenceOptions = tokenBudget === undefined ? {} : { tokenBudget };
     const key = tokenBudget === undefined ? "" : `tokenBudget=${tokenBudget}`;
@@ -482,6 +586,7 @@ export function createServingHandler(options: ServingHandlerOptions): EdgeVitHan
         // After submitting, so the batcher never sees the job as neither coming nor queued.
         arrivals.done();
       }
+      finishPreparing();
       const results = await Promise.all(pending);
       metrics.images.inc({ model: model.name }, results.length);
       let queueMs = 0;

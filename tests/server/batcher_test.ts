@@ -17,6 +17,10 @@ function recorder() {
     open() {
       gate.resolve();
     },
+    /** Resolves once `count` batches have started running. */
+    async started(count: number) {
+      while (batches.length < count) await new Promise((resolve) => setTimeout(resolve, 1));
+    },
     run: async (items: number[], key: string) => {
       batches.push({ items: [...items], key });
       await gate.promise;
@@ -39,6 +43,7 @@ Deno.test("jobs arriving while a batch runs are gathered into the next batch", a
   const batcher = new Batcher(r.run, OPTIONS);
   r.hold();
   const first = batcher.submit(1);
+  await r.started(1);
   const rest = [2, 3, 4, 5, 6].map((x) => batcher.submit(x));
   assert.equal(batcher.depth, 5);
   r.open();
@@ -80,6 +85,7 @@ Deno.test("batches are cut at maxBatch images and at maxBatchTokens tokens", asy
   const batcher = new Batcher(r.run, { ...OPTIONS, maxBatch: 3, maxBatchTokens: 10 });
   r.hold();
   const blocker = batcher.submit(0, { cost: 1 });
+  await r.started(1);
   const jobs = [
     batcher.submit(1, { cost: 1 }),
     batcher.submit(2, { cost: 1 }),
@@ -100,6 +106,7 @@ Deno.test("jobs with different keys never share a batch and the oldest key goes 
   const batcher = new Batcher(r.run, OPTIONS);
   r.hold();
   const blocker = batcher.submit(0, { key: "a" });
+  await r.started(1);
   const jobs = [
     batcher.submit(1, { key: "b" }),
     batcher.submit(2, { key: "a" }),
@@ -120,6 +127,7 @@ Deno.test("a full queue refuses a job with 503 queue_full and a Retry-After", as
   const batcher = new Batcher(r.run, { ...OPTIONS, maxQueue: 2 });
   r.hold();
   const running = batcher.submit(0);
+  await r.started(1);
   const queued = [batcher.submit(1), batcher.submit(2)];
   await assert.rejects(batcher.submit(3), (error: unknown) => {
     assert.ok(error instanceof HttpError);
@@ -137,6 +145,7 @@ Deno.test("aborting a queued job removes it and rejects it with the abort reason
   const batcher = new Batcher(r.run, OPTIONS);
   r.hold();
   const running = batcher.submit(0);
+  await r.started(1);
   const controller = new AbortController();
   const doomed = batcher.submit(1, { signal: controller.signal });
   const kept = batcher.submit(2);
