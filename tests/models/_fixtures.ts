@@ -5,6 +5,8 @@
  * @module
  */
 
+import type { Backend } from "../../src/backends/backend.ts";
+import { ReferenceBackend } from "../../src/backends/reference/reference_backend.ts";
 import { parseSafetensors, toFloat32, toInt32 } from "../../src/loaders/safetensors.ts";
 import { WeightStore } from "../../src/loaders/weights.ts";
 
@@ -62,4 +64,26 @@ export function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
   let max = 0;
   for (let i = 0; i < a.length; i++) max = Math.max(max, Math.abs(a[i] - b[i]));
   return max;
+}
+
+/**
+ * The backends model tests run on: the reference, and the wasm backend once
+ * `src/backends/wasm/wasm_backend.ts` exists in the checkout (it is imported lazily so
+ * these tests also run where it has not landed).
+ */
+export async function testBackends(): Promise<[string, () => Promise<Backend>][]> {
+  const backends: [string, () => Promise<Backend>][] = [
+    ["reference", () => Promise.resolve(new ReferenceBackend())],
+  ];
+  const wasm = new URL("../../src/backends/wasm/wasm_backend.ts", import.meta.url);
+  try {
+    await Deno.stat(wasm);
+  } catch {
+    return backends;
+  }
+  const module = await import(wasm.href) as { WasmBackend: { create(): Promise<Backend> } };
+  let shared: Promise<Backend> | null = null;
+  // One instance for every test of a file: creating one compiles the module.
+  backends.push(["wasm", () => shared ??= module.WasmBackend.create()]);
+  return backends;
 }

@@ -1,16 +1,13 @@
 import assert from "node:assert/strict";
-import type { Backend } from "../../src/backends/backend.ts";
 import { ReferenceBackend } from "../../src/backends/reference/reference_backend.ts";
 import { EdgeVitError } from "../../src/errors.ts";
 import { atsSignificance, effectiveBudgets, sampleTokens } from "../../src/models/ats.ts";
 import { buildAtsVit, createAtsHooks, withAts as withAtsOn } from "../../src/models/ats_vit.ts";
 import { NaViT } from "../../src/models/navit.ts";
 import { randomVitWeights, seededRandom, type VitConfig, VitModel } from "../../src/models/vit.ts";
-import { maxAbsDiff, readCase } from "./_fixtures.ts";
+import { maxAbsDiff, readCase, testBackends } from "./_fixtures.ts";
 
-const backends: [string, () => Promise<Backend>][] = [
-  ["reference", () => Promise.resolve(new ReferenceBackend())],
-];
+const backends = await testBackends();
 
 /** The spec read literally: normalize, stable ascending order, cumulative sum, one scan per point. */
 function specRule(s: number[], k: number): number[] {

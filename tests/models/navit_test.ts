@@ -1,11 +1,10 @@
 import assert from "node:assert/strict";
-import type { Backend } from "../../src/backends/backend.ts";
 import { ReferenceBackend } from "../../src/backends/reference/reference_backend.ts";
 import { EdgeVitError } from "../../src/errors.ts";
 import { NaViT, navitTargetSize, randomNaViTWeights } from "../../src/models/navit.ts";
 import { seededRandom } from "../../src/models/vit.ts";
 import type { PackedImage } from "../../src/models/types.ts";
-import { maxAbsDiff, readCase } from "./_fixtures.ts";
+import { maxAbsDiff, readCase, testBackends } from "./_fixtures.ts";
 
 const fixture = await readCase("vitpytorch-navit");
 const imageNames = fixture.case.images as string[];
@@ -16,9 +15,7 @@ const images: PackedImage[] = imageNames.map((name) => {
 const expected = fixture.expected("logits").data;
 const numClasses = fixture.config.kwargs.num_classes as number;
 
-const backends: [string, () => Promise<Backend>][] = [
-  ["reference", () => Promise.resolve(new ReferenceBackend())],
-];
+const backends = await testBackends();
 
 for (const [name, create] of backends) {
   Deno.test(`NaViT matches vit-pytorch on the packed fixture (${name})`, async () => {

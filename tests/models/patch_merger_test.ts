@@ -1,18 +1,15 @@
 import assert from "node:assert/strict";
-import type { Backend } from "../../src/backends/backend.ts";
 import { ReferenceBackend } from "../../src/backends/reference/reference_backend.ts";
 import { EdgeVitError } from "../../src/errors.ts";
 import { buildPatchMergerVit, PatchMerger } from "../../src/models/patch_merger.ts";
 import { seededRandom, segmentsFromLengths } from "../../src/models/vit.ts";
-import { maxAbsDiff, readCase } from "./_fixtures.ts";
+import { maxAbsDiff, readCase, testBackends } from "./_fixtures.ts";
 
 const fixture = await readCase("vitpytorch-patchmerger");
 const pixels = fixture.input("pixel_values");
 const shape = pixels.shape as [number, number, number, number];
 
-const backends: [string, () => Promise<Backend>][] = [
-  ["reference", () => Promise.resolve(new ReferenceBackend())],
-];
+const backends = await testBackends();
 
 /** The merge written out on the host: softmax(q · LN(x)ᵀ · dim^-½) · LN(x), per image. */
 function hostMerge(
