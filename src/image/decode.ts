@@ -20,7 +20,7 @@ import { type Background, flattenAlpha, toGrayscale } from "./color.ts";
 import { applyOrientation, readOrientation } from "./exif.ts";
 import type { RawImage } from "./raw_image.ts";
 import { checkLimits, type ImageFormat, type ImageInfo, type ImageLimits } from "./sniff.ts";
-import { sniffImage } from "./sniff.ts";
+import { formatName, sniffImage } from "./sniff.ts";
 
 /** Options of {@link decodeImage}. */
 export interface DecodeOptions extends ImageLimits {
@@ -96,7 +96,7 @@ export async function decodeImage(
  */
 export async function decodeRgba(bytes: Uint8Array, info: ImageInfo): Promise<RawImage> {
   await initDecoders();
-  const name = info.format.toUpperCase();
+  const name = formatName(info.format);
   let decoded: Decoded;
   try {
     if (info.format === "jpeg") decoded = await decodeJpeg(bytes);
@@ -186,7 +186,7 @@ export function initDecoders(modules: DecoderModules = {}): Promise<void> {
       } catch (error) {
         throw new EdgeVitError(
           "backend_failure",
-          `The ${format.toUpperCase()} decoder could not be loaded (in Deno it needs ` +
+          `The ${formatName(format)} decoder could not be loaded (in Deno it needs ` +
             `--allow-read for the npm cache): ${describe(error)}`,
           { cause: error },
         );

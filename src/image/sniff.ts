@@ -11,6 +11,11 @@ import { EdgeVitError } from "../errors.ts";
 /** Image formats edgevit decodes. */
 export type ImageFormat = "jpeg" | "png" | "webp";
 
+/** How a format is written in messages. */
+export function formatName(format: ImageFormat): string {
+  return format === "webp" ? "WebP" : format.toUpperCase();
+}
+
 /** What a header says about an image, read without decoding it. */
 export interface ImageInfo {
   format: ImageFormat;
@@ -79,7 +84,7 @@ export function sniffImage(bytes: Uint8Array): ImageInfo {
   if (info.width === 0 || info.height === 0) {
     throw new EdgeVitError(
       "invalid_image",
-      `${info.format.toUpperCase()} header gives a zero size (${info.width}×${info.height})`,
+      `${formatName(info.format)} header gives a zero size (${info.width}×${info.height})`,
     );
   }
   return info;
@@ -108,13 +113,15 @@ export function checkLimits(info: ImageInfo, limits: ImageLimits = {}): void {
   if (width > maxSide || height > maxSide) {
     throw new EdgeVitError(
       "too_large",
-      `${format.toUpperCase()} image is ${width}×${height}; the largest side allowed is ${maxSide} px`,
+      `${
+        formatName(format)
+      } image is ${width}×${height}; the largest side allowed is ${maxSide} px`,
     );
   }
   if (width * height > maxPixels) {
     throw new EdgeVitError(
       "too_large",
-      `${format.toUpperCase()} image is ${width}×${height} = ${
+      `${formatName(format)} image is ${width}×${height} = ${
         width * height
       } pixels; the limit is ${maxPixels}`,
     );

@@ -15,7 +15,7 @@ export const REFERENCE: any = JSON.parse(
   Deno.readTextFileSync(new URL("reference.json", FIXTURES)),
 );
 
-export function fixture(name: string): Uint8Array {
+export function fixture(name: string): Uint8Array<ArrayBuffer> {
   return Deno.readFileSync(new URL(name, FIXTURES));
 }
 
@@ -26,7 +26,7 @@ export async function gunzip(name: string): Promise<Uint8Array> {
 }
 
 export async function sha256(bytes: Uint8Array): Promise<string> {
-  const digest = await crypto.subtle.digest("SHA-256", bytes);
+  const digest = await crypto.subtle.digest("SHA-256", bytes.slice());
   return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
@@ -54,4 +54,19 @@ export function configOf(entry: any): PreprocessConfig {
   if (entry.policy === "timm") return timmPreprocess(entry.config);
   if (entry.policy === "hf") return hfPreprocess(entry.config, entry.kind);
   return plainPreprocess(entry.config);
+}
+
+/** Signature + IHDR chunk (CRC not checked by the sniffer) + an empty IDAT. */
+export function pngHeader(width: number, height: number, depth = 8, colorType = 2): Uint8Array {
+  const out = new Uint8Array(8 + 25 + 12);
+  out.set([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]);
+  const view = new DataView(out.buffer);
+  view.setUint32(8, 13);
+  out.set([0x49, 0x48, 0x44, 0x52], 12);
+  view.setUint32(16, width);
+  view.setUint32(20, height);
+  out.set([depth, colorType, 0, 0, 0], 24);
+  view.setUint32(33, 0);
+  out.set([0x49, 0x44, 0x41, 0x54], 37);
+  return out;
 }
