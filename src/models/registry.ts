@@ -28,7 +28,7 @@ import { isTimmVitName, vitFromTimm } from "../loaders/timm.ts";
 import { TRANSFORMERS_VIT_CLASSES, vitFromTransformers } from "../loaders/transformers.ts";
 import { vitFromVitPytorch } from "../loaders/vit_pytorch.ts";
 import type { WeightStore } from "../loaders/weights.ts";
-import { buildAtsVit } from "./ats_vit.ts";
+import { type AtsSettings, buildAtsVit, withAts } from "./ats_vit.ts";
 import { NaViT } from "./navit.ts";
 import { buildPatchMergerVit } from "./patch_merger.ts";
 import { simpleVitFromVitPytorch } from "./simple_vit.ts";
@@ -42,6 +42,11 @@ export interface BuildContext {
   weights: WeightStore;
   backend: Backend;
   precision: Precision;
+  /**
+   * Switches Adaptive Token Sampling on for a ViT-family model with a CLS token
+   * (vit-pytorch `ViT`, Hugging Face, timm); applied by {@link buildArchitecture}.
+   */
+  ats?: AtsSettings;
 }
 
 /** One buildable architecture. */
@@ -131,6 +136,32 @@ export const ARCHITECTURES: ArchitectureEntry[] = [
 /** A vit-pytorch manifest's `kwargs` object (validated by the builders' readers). */
 function vitPytorchKwargs(checkpoint: CheckpointInfo): Record<string, unknown> {
   return new ConfigReader(checkpoint.config, checkpoint.source).obj("kwargs") ?? {};
+}
+
+/**
+ * Builds an entry's model and applies the build options that work across architectures
+ * (`ats`: ATS on any ViT with a CLS token, see `ats_vit.ts`'s `withAts`).
+ *
+ * @throws {EdgeVitError} `unsupported` when `ats` is asked of a model that cannot prune
+ *
+ * @example
+ * ```ts
+ * import { buildArchitecture, findArchitecture } from "./registry.ts";
+ * console.log(typeof buildArchitecture, findArchitecture("vit-pytorch", "ViT") !== undefined);
+ * ```
+ */
+export async function buildArchitecture(
+  entry: ArchitectureEntry,
+  context: BuildContext,
+): Promise<VisionArchitecture> {
+  const architecture = await entry.build(context);
+  if (!context.ats) return architecture;
+  try {
+    return withAts(architecture, context.ats);
+  } catch (error) {
+    architecture.dispose();
+    throw error;
+  }
 }
 
 function matches(entry: ArchitectureEntry, library: string, architecture: string): boolean {

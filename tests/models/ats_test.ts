@@ -4,6 +4,8 @@ import { EdgeVitError } from "../../src/errors.ts";
 import { atsSignificance, effectiveBudgets, sampleTokens } from "../../src/models/ats.ts";
 import { buildAtsVit, createAtsHooks, withAts as withAtsOn } from "../../src/models/ats_vit.ts";
 import { NaViT } from "../../src/models/navit.ts";
+import { buildArchitecture, findArchitecture } from "../../src/models/registry.ts";
+import { describeCheckpoint, type JsonObject } from "../../src/loaders/config.ts";
 import { randomVitWeights, seededRandom, type VitConfig, VitModel } from "../../src/models/vit.ts";
 import { maxAbsDiff, readCase, testBackends } from "./_fixtures.ts";
 
@@ -251,4 +253,50 @@ Deno.test("ATS cannot be switched on for a model outside the ViT family", async 
   const model = NaViT.build(new ReferenceBackend(), navit.config.kwargs, navit.weights());
   assert.throws(() => withAtsOn(model, { maxTokensPerDepth: 8 }), /ViT-family/);
   model.dispose();
+});
+
+Deno.test("the registry switches ATS on for Hugging Face and timm ViTs", async () => {
+  for (const name of ["hf-vit", "timm-vit"]) {
+    const fixture = await readCase(name);
+    const checkpoint = describeCheckpoint(fixture.config as unknown as JsonObject, name);
+    const entry = findArchitecture(checkpoint.library, checkpoint.architecture)!;
+    const context = {
+      checkpoint,
+      backend: new ReferenceBackend(),
+      precision: "f32" as const,
+    };
+    const { data, shape } = fixture.input("pixel_values");
+    const pixelShape = shape as [number, number, number, number];
+    // 16 patches: a budget of 16 keeps them all, so the logits stay PyTorch's
+    const roomy = await buildArchitecture(entry, {
+      ...context,
+      weights: fixture.weights(),
+      ats: { maxTokensPerDepth: 16 },
+    });
+    const same = await roomy.forward(data, pixelShape);
+    assert.ok(maxAbsDiff(same.logits, fixture.expected("logits").data) <= fixture.case.atol);
+    roomy.dispose();
+    const pruning = await buildArchitecture(entry, {
+      ...context,
+      weights: fixture.weights(),
+      ats: { maxTokensPerDepth: [6, 3] },
+    });
+    const out = await pruning.forward(data, pixelShape, { returnTokenIds: true });
+    out.tokenIds![0].forEach((ids) => assert.ok(ids.length >= 1 && ids.length <= 6));
+    out.tokenIds![1].forEach((ids) => assert.ok(ids.length >= 1 && ids.length <= 3));
+    pruning.dispose();
+  }
+  // a model without a CLS token cannot prune, and the built model is freed
+  const mean = await readCase("vitpytorch-vit-mean");
+  const checkpoint = describeCheckpoint(mean.config as unknown as JsonObject, "mean");
+  await assert.rejects(
+    buildArchitecture(findArchitecture("vit-pytorch", "ViT")!, {
+      checkpoint,
+      weights: mean.weights(),
+      backend: new ReferenceBackend(),
+      precision: "f32",
+      ats: { maxTokensPerDepth: 4 },
+    }),
+    /CLS token/,
+  );
 });
