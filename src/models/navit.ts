@@ -99,6 +99,9 @@ export interface NaViTLimits {
  * maxWidth` and within `maxPatches` patches, then round each side to the nearest multiple
  * of the patch size (down where rounding up would break a limit; at least one patch).
  * Small images keep their few tokens, which is where NaViT saves work over a fixed size.
+ * The service's image pipeline (`preprocessNative` in `src/image/preprocess.ts`) resizes
+ * by this same policy (a test holds the two together); this copy keeps the model free of
+ * the decoders' imports.
  *
  * @param height source height in pixels
  * @param width source width in pixels

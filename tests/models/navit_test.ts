@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { ReferenceBackend } from "../../src/backends/reference/reference_backend.ts";
 import { EdgeVitError } from "../../src/errors.ts";
+import { nativeSize } from "../../src/image/preprocess.ts";
 import { NaViT, navitTargetSize, randomNaViTWeights } from "../../src/models/navit.ts";
 import { seededRandom } from "../../src/models/vit.ts";
 import type { PackedImage } from "../../src/models/types.ts";
@@ -167,4 +168,22 @@ Deno.test("NaViT packing never changes a result, for many sizes and packer limit
       }),
     EdgeVitError,
   );
+});
+
+Deno.test("navitTargetSize is the policy the image pipeline's nativeSize applies", () => {
+  let seed = 17;
+  const random = () => ((seed = (seed * 69069 + 1) % 4294967296) / 4294967296);
+  for (let trial = 0; trial < 500; trial++) {
+    const patchSize = [8, 14, 16, 32][trial % 4];
+    const limits = {
+      patchSize,
+      maxHeight: patchSize * (1 + Math.floor(random() * 20)),
+      maxWidth: patchSize * (1 + Math.floor(random() * 20)),
+      maxPatches: trial % 3 === 0 ? 1 + Math.floor(random() * 300) : undefined,
+    };
+    const h = 1 + Math.floor(random() * 2500);
+    const w = 1 + Math.floor(random() * 2500);
+    const ours = navitTargetSize(h, w, limits);
+    assert.deepEqual([ours.height, ours.width], nativeSize(h, w, limits), `${h}×${w}`);
+  }
 });
