@@ -28,6 +28,8 @@ import type {
   PackedImage,
   VisionArchitecture,
 } from "./models/types.ts";
+import { type OnnxSource, wantsOrt } from "./backends/ort/ort_model.ts";
+import type { OrtOptions } from "./backends/ort/ort_loader.ts";
 
 /**
  * Which backend to run on: a name (`"auto"`, `"wasm"`, `"webgpu"`, `"webgpu-fallback"`
@@ -41,8 +43,12 @@ export interface LoadModelOptions extends SourceOptions {
    * `"auto"` (default): WebGPU on a real GPU, else WASM-SIMD. `"wasm"`, `"webgpu"`,
    * `"webgpu-fallback"` (a software adapter), `"reference"` (plain TypeScript, slow,
    * exact), or a {@link Backend} you created and keep owning (`close()` leaves it open).
+   * `"ort"`: an ONNX model (a .onnx path or URL, a folder with model.onnx, bytes or
+   * `{onnx, config?}`) run by onnxruntime-web; `.onnx` sources pick it by themselves.
    */
-  backend?: BackendChoice;
+  backend?: BackendChoice | "ort";
+  /** onnxruntime knobs for `backend: "ort"` (execution provider, threads, config). */
+  ort?: OrtOptions;
   /** `"f32"` (default) or `"int8"` (weights quantized per output channel at load). */
   precision?: Precision;
   /** Class names, overriding the checkpoint's. */
@@ -331,9 +337,14 @@ export function topClasses(
  * ```
  */
 export async function loadModel(
-  source: ModelSource,
+  source: ModelSource | OnnxSource,
   options: LoadModelOptions = {},
 ): Promise<Model> {
+  if (wantsOrt(source, options.backend)) {
+    // Lazy: onnxruntime and its wrapper load only for ONNX models.
+    const { loadOnnxAsModel } = await import("./backends/ort/ort_loader.ts");
+    return await loadOnnxAsModel(source as OnnxSource, options);
+  }
   const precision = options.precision ?? "f32";
   if (precision !== "f32" && precision !== "int8") {
     throw new EdgeVitError(
@@ -341,10 +352,12 @@ export async function loadModel(
       `precision must be "f32" or "int8", got ${precision}`,
     );
   }
-  const loaded = await readCheckpoint(source, options);
+  const loaded = await readCheckpoint(source as ModelSource, options);
   const { checkpoint, weights } = loaded;
   const entry = requireArchitecture(checkpoint);
-  const { backend, owned } = await resolveBackend(options.backend ?? "auto", options.log);
+  // "ort" never gets here: wantsOrt took it above.
+  const choice = (options.backend ?? "auto") as BackendChoice;
+  const { backend, owned } = await resolveBackend(choice, options.log);
   let architecture: VisionArchitecture;
   try {
     architecture = await entry.build({ checkpoint, weights, backend, precision });

@@ -7,7 +7,8 @@
 
 import assert from "node:assert/strict";
 import { EdgeVitError } from "../../src/errors.ts";
-import { loadOnnxModel } from "../../src/backends/ort/ort_model.ts";
+import { isOnnxSource, loadOnnxModel, wantsOrt } from "../../src/backends/ort/ort_model.ts";
+import { loadModel } from "../../src/model.ts";
 import { parseSafetensors, toFloat32 } from "../../src/loaders/safetensors.ts";
 
 const ONNX_DIR = new URL("../fixtures/onnx/vitpytorch-vit-cls/", import.meta.url);
@@ -133,7 +134,7 @@ Deno.test("labels come from the config beside the model or from options", async 
   assert.deepEqual(fromOptions.labels, names.toReversed());
   fromOptions.close();
   const plain = await loadOnnxModel(bytes, { device: "wasm" });
-  assert.deepEqual(plain.labels, names.map((_, i) => String(i)));
+  assert.deepEqual(plain.labels, names.map((_, i) => `class_${i}`));
   assert.deepEqual(plain.config, {});
   plain.close();
   await rejectsWith(
@@ -252,6 +253,154 @@ Deno.test("the WebGPU provider matches the fixture when an adapter exists, else 
     assert.equal(model.device, "webgpu");
     const diff = maxAbsDiff(await model.forward(input.data, asShape(input.shape)), expected.data);
     assert.ok(diff <= 1e-4, `max abs diff ${diff}`);
+  } finally {
+    model.close();
+  }
+});
+
+/** Engine backends to compare with: the reference, and wasm once it exists in the checkout. */
+async function engineBackends(): Promise<("reference" | "wasm")[]> {
+  const wasm = new URL("../../src/backends/wasm/wasm_backend.ts", import.meta.url);
+  try {
+    await Deno.stat(wasm);
+    return ["reference", "wasm"];
+  } catch {
+    return ["reference"];
+  }
+}
+
+Deno.test("loadModel runs a .onnx through onnxruntime and agrees with edgevit's engine on the same weights", async () => {
+  const { input, expected } = await parity();
+  const shape = asShape(input.shape);
+  const onnx = await loadModel(new URL("model.onnx", ONNX_DIR), { ort: { device: "wasm" } });
+  try {
+    assert.equal(onnx.backend, "ort");
+    assert.equal(onnx.precision, "f32");
+    assert.equal(onnx.numClasses, 10);
+    assert.equal(onnx.config.library, "vit-pytorch");
+    assert.equal(onnx.config.architecture, "ViT");
+    assert.deepEqual(onnx.config.inputSize, { height: 32, width: 32 });
+    assert.equal(onnx.config.patchSize, 8);
+    const ortLogits = await onnx.forward(input.data, shape);
+    assert.ok(maxAbsDiff(ortLogits, expected.data) <= 1e-4);
+    for (const backend of await engineBackends()) {
+      const engine = await loadModel(decodeURIComponent(PARITY_DIR.pathname), { backend });
+      try {
+        assert.deepEqual(engine.labels, onnx.labels);
+        const diff = maxAbsDiff(await engine.forward(input.data, shape), ortLogits);
+        assert.ok(diff <= 1e-4, `${backend} vs onnxruntime: max abs diff ${diff}`);
+      } finally {
+        engine.close();
+      }
+    }
+  } finally {
+    onnx.close();
+  }
+});
+
+Deno.test("classify on an ONNX model preprocesses like the engine and ranks the same classes", async () => {
+  const images = await Promise.all(
+    ["chelsea.jpg", "coffee_alpha.png", "astronaut.webp"].map((name) =>
+      Deno.readFile(new URL(`../fixtures/images/${name}`, import.meta.url))
+    ),
+  );
+  const onnx = await loadModel(decodeURIComponent(ONNX_DIR.pathname), {
+    backend: "ort",
+    ort: { device: "wasm" },
+  });
+  const engine = await loadModel(decodeURIComponent(PARITY_DIR.pathname), { backend: "reference" });
+  try {
+    assert.deepEqual(onnx.config.preprocess, engine.config.preprocess);
+    const fromOnnx = await onnx.classify(images, { topK: 3 });
+    const fromEngine = await engine.classify(images, { topK: 3 });
+    assert.equal(fromOnnx.length, images.length);
+    for (let i = 0; i < images.length; i++) {
+      assert.deepEqual(fromOnnx[i].map((c) => c.index), fromEngine[i].map((c) => c.index));
+      for (let k = 0; k < 3; k++) {
+        assert.equal(fromOnnx[i][k].label, fromEngine[i][k].label);
+        assert.ok(Math.abs(fromOnnx[i][k].score - fromEngine[i][k].score) < 1e-5);
+      }
+    }
+    const single = await onnx.classify(images[0], { topK: 1 });
+    assert.equal(single.length, 1);
+    assert.equal(single[0].index, fromOnnx[0][0].index);
+  } finally {
+    onnx.close();
+    engine.close();
+  }
+});
+
+Deno.test("loadModel takes ONNX bytes and bundles, with the config given in options or the bundle", async () => {
+  const bytes = await Deno.readFile(new URL("model.onnx", ONNX_DIR));
+  const config = {
+    library: "vit-pytorch",
+    architecture: "ViT",
+    kwargs: { image_size: 32, patch_size: 8 },
+    labels: Array.from({ length: 10 }, (_, i) => `c${i}`),
+    preprocess: { mean: [0.5, 0.5, 0.5], std: [0.25, 0.25, 0.25] },
+  };
+  const fromBytes = await loadModel(bytes, { ort: { device: "wasm", config } });
+  const fromBundle = await loadModel({ onnx: bytes, config: JSON.stringify(config) }, {
+    ort: { device: "wasm" },
+  });
+  const bare = await loadModel(bytes, { ort: { device: "wasm" } });
+  try {
+    for (const model of [fromBytes, fromBundle]) {
+      assert.equal(model.labels[3], "c3");
+      const pipeline = model.config.preprocess;
+      assert.equal(pipeline.kind, "fixed");
+      if (pipeline.kind === "fixed") {
+        assert.deepEqual(pipeline.config.mean, [0.5, 0.5, 0.5]);
+        assert.deepEqual(pipeline.config.std, [0.25, 0.25, 0.25]);
+      }
+    }
+    // No config at all: the graph's input size, pixels scaled to [0, 1].
+    assert.equal(bare.config.architecture, "onnx");
+    assert.equal(bare.labels[0], "class_0");
+    const pipeline = bare.config.preprocess;
+    assert.ok(pipeline.kind === "fixed" && pipeline.config.resize?.mode === "exact");
+    assert.ok(pipeline.kind === "fixed" && pipeline.config.mean.every((m) => m === 0));
+    const png = await Deno.readFile(
+      new URL("../fixtures/images/coffee_alpha.png", import.meta.url),
+    );
+    assert.equal((await bare.classify(png, { topK: 2 })).length, 2);
+  } finally {
+    fromBytes.close();
+    fromBundle.close();
+    bare.close();
+  }
+});
+
+Deno.test("loadModel refuses ONNX models on other backends, int8, and ATS options", async () => {
+  const onnxPath = decodeURIComponent(new URL("model.onnx", ONNX_DIR).pathname);
+  assert.equal(isOnnxSource(onnxPath), true);
+  assert.equal(isOnnxSource(decodeURIComponent(ONNX_DIR.pathname)), false);
+  assert.equal(wantsOrt(decodeURIComponent(ONNX_DIR.pathname), "ort"), true);
+  assert.equal(wantsOrt(decodeURIComponent(PARITY_DIR.pathname), undefined), false);
+  await rejectsWith(loadModel(onnxPath, { backend: "reference" }), "unsupported", /backend "ort"/);
+  await rejectsWith(
+    loadModel(onnxPath, { precision: "int8", ort: { device: "wasm" } }),
+    "unsupported",
+    /float32/,
+  );
+  // A folder without model.onnx, named for onnxruntime.
+  await rejectsWith(
+    loadModel(decodeURIComponent(PARITY_DIR.pathname), { backend: "ort" }),
+    "invalid_argument",
+    /no ONNX model/,
+  );
+  const model = await loadModel(onnxPath, { ort: { device: "wasm" } });
+  try {
+    await rejectsWith(
+      model.forward(new Float32Array(3 * 32 * 32), [1, 3, 32, 32], { tokenBudget: 4 }),
+      "unsupported",
+      /token budget/,
+    );
+    await rejectsWith(
+      model.classify(new Uint8Array([1, 2, 3])),
+      "unsupported_media_type",
+      /./,
+    );
   } finally {
     model.close();
   }

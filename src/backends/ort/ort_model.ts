@@ -41,8 +41,78 @@ export interface OnnxModelOptions {
   fetch?: typeof fetch;
 }
 
-/** Where an ONNX model comes from: a path or URL (of a .onnx or of a folder holding model.onnx), or bytes. */
-export type OnnxSource = string | URL | Uint8Array | ArrayBuffer;
+/** An ONNX model handed over as data (runtimes without a file system). */
+export interface OnnxBundle {
+  /** The .onnx bytes. */
+  onnx: Uint8Array | ArrayBuffer;
+  /** config.json, as an object or JSON text (labels, preprocessing, input size). */
+  config?: Record<string, unknown> | string;
+  /** Hugging Face preprocessor_config.json, as an object or JSON text. */
+  preprocessorConfig?: Record<string, unknown> | string;
+  /** Class names, overriding the config's. */
+  labels?: readonly string[];
+}
+
+/**
+ * Where an ONNX model comes from: a path or URL (of a .onnx file, or of a folder
+ * holding `model.onnx`), the bytes, or an {@link OnnxBundle}.
+ */
+export type OnnxSource = string | URL | Uint8Array | ArrayBuffer | OnnxBundle;
+
+/** An ONNX model's files, read. */
+export interface OnnxFiles {
+  /** The .onnx bytes. */
+  bytes: Uint8Array;
+  /** config.json beside the model (or in the bundle), or null. */
+  config: Record<string, unknown> | null;
+  /** preprocessor_config.json beside the model (or in the bundle), or null. */
+  preprocessorConfig: Record<string, unknown> | null;
+  /** Labels the bundle names, if any. */
+  labels?: readonly string[];
+  /** The model's location, for messages. */
+  name: string;
+}
+
+/**
+ * Whether a source names an ONNX model by itself: a path or URL ending in `.onnx`, raw
+ * bytes, or a bundle with an `onnx` field. (A folder holding `model.onnx` needs
+ * `backend: "ort"`.)
+ *
+ * @example
+ * ```ts
+ * import { isOnnxSource } from "./ort_model.ts";
+ * console.log(isOnnxSource("models/vit.onnx"), isOnnxSource("models/vit-fmnist")); // true false
+ * ```
+ */
+export function isOnnxSource(source: unknown): boolean {
+  if (source instanceof Uint8Array || source instanceof ArrayBuffer) return true;
+  if (source instanceof URL) return /\.onnx$/i.test(source.pathname);
+  if (typeof source === "string") return /\.onnx\/*$/i.test(source.split(/[?#]/)[0]);
+  return typeof source === "object" && source !== null && "onnx" in source;
+}
+
+/**
+ * Whether `loadModel` should hand a source to onnxruntime: when `backend` is `"ort"`,
+ * or when the source is an ONNX model and no other backend was named.
+ *
+ * @throws {EdgeVitError} `unsupported` for an ONNX source with another named backend
+ *
+ * @example
+ * ```ts
+ * import { wantsOrt } from "./ort_model.ts";
+ * console.log(wantsOrt("m.onnx", undefined), wantsOrt("models/vit-fmnist", "wasm")); // true false
+ * ```
+ */
+export function wantsOrt(source: unknown, backend: unknown): boolean {
+  if (backend === "ort") return true;
+  if (!isOnnxSource(source)) return false;
+  if (backend === undefined || backend === "auto") return true;
+  const name = typeof backend === "string" ? backend : (backend as { name?: string })?.name;
+  throw new EdgeVitError(
+    "unsupported",
+    `ONNX models run on backend "ort" (onnxruntime), not ${JSON.stringify(name)}`,
+  );
+}
 
 // Just the parts of onnxruntime-web's API used here, so type-checking does not depend on
 // which of its two builds (plain or /webgpu) was loaded.
@@ -140,14 +210,77 @@ function parentLocation(location: string): string {
   return cut < 0 ? "." : location.slice(0, cut) || "/";
 }
 
-/** Resolves a source to the .onnx bytes and the config.json found beside it, if any. */
-async function resolveSource(
+function parseJsonObject(
+  value: Record<string, unknown> | string | Uint8Array,
+  where: string,
+): Record<string, unknown> {
+  if (typeof value === "object" && !(value instanceof Uint8Array)) {
+    if (value === null || Array.isArray(value)) {
+      throw new EdgeVitError("invalid_config", `${where} is not a JSON object`);
+    }
+    return value;
+  }
+  const text = typeof value === "string" ? value : new TextDecoder().decode(value);
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch (error) {
+    throw new EdgeVitError(
+      "invalid_config",
+      `${where} is not valid JSON (${(error as Error).message})`,
+      {
+        cause: error,
+      },
+    );
+  }
+  if (parsed === null || typeof parsed !== "object" || Array.isArray(parsed)) {
+    throw new EdgeVitError("invalid_config", `${where} is not a JSON object`);
+  }
+  return parsed as Record<string, unknown>;
+}
+
+/**
+ * Reads an ONNX model's bytes and the config.json / preprocessor_config.json beside it.
+ *
+ * @throws {EdgeVitError} `invalid_argument` when there is no model at the location,
+ *   `invalid_config` for a config that is not a JSON object
+ *
+ * @example
+ * ```ts
+ * import { readOnnxSource } from "./ort_model.ts";
+ * const files = await readOnnxSource("tests/fixtures/onnx/vitpytorch-vit-cls");
+ * console.log(files.config?.architecture); // "ViT"
+ * ```
+ */
+export async function readOnnxSource(
   source: OnnxSource,
-  fetchImpl: typeof fetch,
-): Promise<{ bytes: Uint8Array; config: Record<string, unknown> | null; name: string }> {
-  if (source instanceof Uint8Array) return { bytes: source, config: null, name: "<bytes>" };
+  fetchImpl: typeof fetch = fetch,
+): Promise<OnnxFiles> {
+  if (source instanceof Uint8Array) {
+    return { bytes: source, config: null, preprocessorConfig: null, name: "<onnx bytes>" };
+  }
   if (source instanceof ArrayBuffer) {
-    return { bytes: new Uint8Array(source), config: null, name: "<bytes>" };
+    return {
+      bytes: new Uint8Array(source),
+      config: null,
+      preprocessorConfig: null,
+      name: "<onnx bytes>",
+    };
+  }
+  if (source !== null && typeof source === "object" && !(source instanceof URL)) {
+    const bundle = source as OnnxBundle;
+    if (!(bundle.onnx instanceof Uint8Array || bundle.onnx instanceof ArrayBuffer)) {
+      throw new EdgeVitError("invalid_argument", "an ONNX bundle needs `onnx` bytes");
+    }
+    return {
+      bytes: bundle.onnx instanceof Uint8Array ? bundle.onnx : new Uint8Array(bundle.onnx),
+      config: bundle.config === undefined ? null : parseJsonObject(bundle.config, "config"),
+      preprocessorConfig: bundle.preprocessorConfig === undefined
+        ? null
+        : parseJsonObject(bundle.preprocessorConfig, "preprocessorConfig"),
+      labels: bundle.labels,
+      name: "<onnx bundle>",
+    };
   }
   const location = source instanceof URL ? source.href : source;
   if (typeof location !== "string" || location.length === 0) {
@@ -167,24 +300,17 @@ async function resolveSource(
   if (!bytes) {
     throw new EdgeVitError("invalid_argument", `no ONNX model at ${onnxLocation}`);
   }
-  const configBytes = await readSource(joinLocation(folder, "config.json"), fetchImpl);
-  let config: Record<string, unknown> | null = null;
-  if (configBytes) {
-    try {
-      const parsed = JSON.parse(new TextDecoder().decode(configBytes));
-      if (parsed === null || typeof parsed !== "object" || Array.isArray(parsed)) {
-        throw new Error("not a JSON object");
-      }
-      config = parsed as Record<string, unknown>;
-    } catch (error) {
-      throw new EdgeVitError(
-        "invalid_config",
-        `${joinLocation(folder, "config.json")}: ${(error as Error).message}`,
-        { cause: error },
-      );
-    }
-  }
-  return { bytes, config, name: onnxLocation };
+  const sibling = async (file: string) => {
+    const where = joinLocation(folder, file);
+    const found = await readSource(where, fetchImpl);
+    return found ? parseJsonObject(found, where) : null;
+  };
+  const config = await sibling("config.json");
+  // Only Hugging Face folders carry a separate preprocessor config.
+  const preprocessorConfig = config && (config.model_type !== undefined || config.architectures)
+    ? await sibling("preprocessor_config.json")
+    : null;
+  return { bytes, config, preprocessorConfig, name: onnxLocation };
 }
 
 function asPair(value: unknown): [number, number] | null {
@@ -244,7 +370,7 @@ function configShape(config: Record<string, unknown> | null): {
 export class OnnxModel {
   /** Logits per image. */
   readonly numClasses: number;
-  /** Class names, `labels[i]` for logit `i` (the index as a string when the config has none). */
+  /** Class names, `labels[i]` for logit `i` (`class_<i>` when the config has none). */
   readonly labels: readonly string[];
   /** The config found beside the model or given in options (`{}` when neither). */
   readonly config: Readonly<Record<string, unknown>>;
@@ -424,11 +550,31 @@ export async function loadOnnxModel(
   source: OnnxSource,
   options: OnnxModelOptions = {},
 ): Promise<OnnxModel> {
-  const { bytes, config: foundConfig, name } = await resolveSource(
-    source,
-    options.fetch ?? fetch,
-  );
-  const config = options.config ?? foundConfig ?? {};
+  const files = await readOnnxSource(source, options.fetch ?? fetch);
+  return await createOnnxModel(files, options);
+}
+
+/**
+ * Builds an {@link OnnxModel} from files already read (see {@link readOnnxSource}).
+ *
+ * @throws {EdgeVitError} as {@link loadOnnxModel}
+ *
+ * @example
+ * ```ts
+ * import { createOnnxModel, readOnnxSource } from "./ort_model.ts";
+ * const files = await readOnnxSource("tests/fixtures/onnx/vitpytorch-vit-cls");
+ * const model = await createOnnxModel(files, { device: "wasm" });
+ * console.log(model.numClasses); // 10
+ * model.close();
+ * ```
+ */
+export async function createOnnxModel(
+  files: OnnxFiles,
+  options: OnnxModelOptions = {},
+): Promise<OnnxModel> {
+  const { bytes, name } = files;
+  const config = options.config ?? files.config ?? {};
+  options = { ...options, labels: options.labels ?? files.labels };
   const requested = options.device ?? "auto";
   if (!["auto", "wasm", "webgpu"].includes(requested)) {
     throw new EdgeVitError(
@@ -554,7 +700,7 @@ async function describeSession(
     throw new EdgeVitError("unsupported", `${name}: output ${outputName} has no class axis`);
   }
   const labels = options.labels ?? stated.labels ??
-    Array.from({ length: numClasses }, (_, i) => String(i));
+    Array.from({ length: numClasses }, (_, i) => `class_${i}`);
   if (labels.length !== numClasses) {
     throw new EdgeVitError(
       "invalid_config",
