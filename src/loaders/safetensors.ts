@@ -266,3 +266,72 @@ export function halfToFloat(half: number): number {
   if (exponent === 0x1f) return fraction ? NaN : sign * Infinity;
   return sign * (1 + fraction / 1024) * 2 ** (exponent - 15);
 }
+
+/** A tensor to write with {@link serializeSafetensors}. */
+export interface SafetensorsInput {
+  dtype: SafetensorsDtype;
+  shape: readonly number[];
+  /** Little-endian element data (a typed array of the dtype's width, or raw bytes). */
+  data: ArrayBufferView;
+}
+
+/**
+ * Writes tensors as a safetensors file: the header padded with spaces to a multiple of
+ * 8 bytes (so every tensor stays aligned), then the data in the given order.
+ *
+ * @throws {EdgeVitError} `invalid_argument` when a tensor's bytes do not fit its shape
+ *
+ * @example
+ * ```ts
+ * import { parseSafetensors, serializeSafetensors, toFloat32 } from "./safetensors.ts";
+ * const bytes = serializeSafetensors({ w: { dtype: "F32", shape: [2], data: new Float32Array([1, 2]) } });
+ * console.log(toFloat32(parseSafetensors(bytes).tensors.get("w")!)); // Float32Array [1, 2]
+ * ```
+ */
+export function serializeSafetensors(
+  tensors: Readonly<Record<string, SafetensorsInput>>,
+  metadata?: Readonly<Record<string, string>>,
+): Uint8Array {
+  const header: Record<string, unknown> = {};
+  if (metadata) header.__metadata__ = metadata;
+  let offset = 0;
+  const parts: Uint8Array[] = [];
+  for (const [name, tensor] of Object.entries(tensors)) {
+    const bytes = new Uint8Array(
+      tensor.data.buffer,
+      tensor.data.byteOffset,
+      tensor.data.byteLength,
+    );
+    const expected = tensor.shape.reduce((product, dim) => product * dim, 1) *
+      BYTES_PER_ELEMENT[tensor.dtype];
+    if (bytes.byteLength !== expected) {
+      throw new EdgeVitError(
+        "invalid_argument",
+        `tensor "${name}" has ${bytes.byteLength} bytes but ${tensor.dtype}[${tensor.shape}] needs ${expected}`,
+      );
+    }
+    header[name] = {
+      dtype: tensor.dtype,
+      shape: [...tensor.shape],
+      data_offsets: [offset, offset + bytes.byteLength],
+    };
+    parts.push(bytes);
+    offset += bytes.byteLength;
+  }
+  let json = new TextEncoder().encode(JSON.stringify(header));
+  const padded = Math.ceil(json.byteLength / 8) * 8;
+  if (padded !== json.byteLength) {
+    const spaced = new Uint8Array(padded).fill(0x20);
+    spaced.set(json);
+    json = spaced;
+  }
+  const out = new Uint8Array(8 + json.byteLength + offset);
+  new DataView(out.buffer).setBigUint64(0, BigInt(json.byteLength), true);
+  out.set(json, 8);
+  let at = 8 + json.byteLength;
+  for (const part of parts) {
+    out.set(part, at);
+    at += part.byteLength;
+  }
+  return out;
+}
