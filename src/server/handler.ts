@@ -129,6 +129,8 @@ export interface EdgeVitHandler {
   readonly metrics: ServerMetrics;
   /** Stops admitting classify requests (503) and makes /readyz fail, for a graceful shutdown. */
   drain(): void;
+  /** Resolves once no classify request is in progress (call after {@link drain}). */
+  settled(): Promise<void>;
   /** Drains, waits for queued and running batches, then frees the models. */
   close(): Promise<void>;
 }
@@ -411,6 +413,7 @@ export function createServingHandler(options: ServingHandlerOptions): EdgeVitHan
   let loadError = "";
   let draining = false;
   let inFlight = 0;
+  let settledWaiters: (() => void)[] = [];
   /** Admitted classify requests that have not yet submitted all their images. */
   let preparing = 0;
   const donePreparing = () => {
@@ -652,6 +655,11 @@ export function createServingHandler(options: ServingHandlerOptions): EdgeVitHan
     } finally {
       clearTimeout(timer);
       inFlight--;
+      if (inFlight === 0) {
+        const waiters = settledWaiters;
+        settledWaiters = [];
+        for (const wake of waiters) wake();
+      }
     }
   };
 
@@ -715,6 +723,8 @@ export function createServingHandler(options: ServingHandlerOptions): EdgeVitHan
       }
       response = errorResponse(error);
     }
+    // While draining, ask keep-alive clients to reconnect (to another instance).
+    if (draining) response.headers.set("connection", "close");
     const method = KNOWN_METHODS.has(request.method) ? request.method : "other";
     metrics.requests.inc({ route: path, method, status: String(response.status) });
     metrics.requestSeconds.observe({ route: path }, (performance.now() - start) / 1000);
@@ -729,6 +739,10 @@ export function createServingHandler(options: ServingHandlerOptions): EdgeVitHan
     ready,
     metrics,
     drain,
+    settled: () =>
+      inFlight === 0 ? Promise.resolve() : new Promise<void>((resolve) => {
+        settledWaiters.push(resolve);
+      }),
     async close() {
       drain();
       await ready.catch(noop);

@@ -43,6 +43,7 @@ async function main(args: string[]): Promise<number> {
   await listening.promise;
 
   let stopping = false;
+  const stopped = Promise.withResolvers<number>();
   const stop = async (signal: string) => {
     if (stopping) {
       console.error(`edgevit: ${signal} again, exiting now`);
@@ -50,12 +51,15 @@ async function main(args: string[]): Promise<number> {
     }
     stopping = true;
     console.log(`edgevit: ${signal}, finishing requests in flight`);
+    // New work is refused (503 shutting_down, Connection: close) from here on. The
+    // listener closes only after the requests in flight are answered, because Deno's
+    // server shutdown aborts request bodies still being read.
     handler.drain();
-    // Stops accepting connections and resolves once every in-flight response is sent.
+    await handler.settled();
     await server.shutdown();
     await handler.close();
     console.log("edgevit: stopped");
-    Deno.exit(0);
+    stopped.resolve(0);
   };
   for (const signal of ["SIGTERM", "SIGINT"] as const) {
     Deno.addSignalListener(signal, () => void stop(signal));
@@ -65,12 +69,12 @@ async function main(args: string[]): Promise<number> {
     await handler.ready;
     console.log(`edgevit ready: ${models.join(", ")}`);
   } catch (error) {
+    if (stopping) return await stopped.promise;
     console.error(`edgevit: could not load the model: ${(error as Error).message}`);
     await server.shutdown();
     return 1;
   }
-  await server.finished;
-  return 0;
+  return await stopped.promise;
 }
 
 if (import.meta.main) {

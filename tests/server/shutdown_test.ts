@@ -1,0 +1,108 @@
+import assert from "node:assert/strict";
+import { png, VIT_FIXTURE } from "./_helpers.ts";
+import { spawnServer } from "./_process.ts";
+
+const encoder = new TextEncoder();
+
+/** Reads a whole HTTP/1.1 response from a connection the server closes or completes. */
+async function readResponse(conn: Deno.Conn): Promise<{ status: number; body: string }> {
+  const chunks: Uint8Array[] = [];
+  const buffer = new Uint8Array(64 * 1024);
+  let text = "";
+  while (true) {
+    const n = await conn.read(buffer);
+    if (n === null) break;
+    chunks.push(buffer.slice(0, n));
+    text = new TextDecoder().decode(
+      chunks.reduce((all, c) => new Uint8Array([...all, ...c]), new Uint8Array()),
+    );
+    const headerEnd = text.indexOf("\r\n\r\n");
+    const length = text.match(/content-length: (\d+)/i);
+    if (headerEnd >= 0 && length && text.length >= headerEnd + 4 + Number(length[1])) break;
+  }
+  const status = Number(text.match(/^HTTP\/1\.1 (\d{3})/)?.[1]);
+  return { status, body: text.slice(text.indexOf("\r\n\r\n") + 4) };
+}
+
+async function connectionRefused(port: number): Promise<boolean> {
+  try {
+    const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+    conn.close();
+    return false;
+  } catch (error) {
+    return error instanceof Deno.errors.ConnectionRefused;
+  }
+}
+
+Deno.test("SIGTERM refuses new work, finishes the request in flight, closes the port and exits 0", async () => {
+  const server = await spawnServer(["--port", "0", "--model", VIT_FIXTURE]);
+  const image = await png(32, 32, 5);
+  // A request whose body arrives in two parts, the second only after the signal.
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port: server.port });
+  await conn.write(encoder.encode(
+    `POST /v1/classify?topK=3 HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: image/png\r\n` +
+      `content-length: ${image.length}\r\nconnection: close\r\n\r\n`,
+  ));
+  await conn.write(image.subarray(0, 20));
+  await new Promise((resolve) => setTimeout(resolve, 200));
+
+  server.child.kill("SIGTERM");
+  await new Promise((resolve) => setTimeout(resolve, 200));
+  // New work is refused while the request in flight is still being served.
+  const late = await fetch(`${server.base}/v1/classify`, {
+    method: "POST",
+    headers: { "content-type": "image/png" },
+    body: image,
+  });
+  assert.equal(late.status, 503);
+  assert.equal((await late.json()).error.code, "shutting_down");
+  const readiness = await fetch(`${server.base}/readyz`);
+  assert.equal(readiness.status, 503);
+  await readiness.body?.cancel();
+
+  await conn.write(image.subarray(20));
+  const response = await readResponse(conn);
+  conn.close();
+  assert.equal(response.status, 200, response.body);
+  const body = JSON.parse(response.body);
+  assert.equal(body.results.length, 1);
+  assert.equal(body.results[0].top.length, 3);
+
+  // Once the last request is answered the listener closes and the process exits.
+
+  const status = await server.status;
+  assert.equal(status.code, 0);
+  assert.ok(await connectionRefused(server.port), "nothing listens after exit");
+  assert.match(server.output(), /SIGTERM/);
+  assert.match(server.output(), /stopped/);
+});
+
+Deno.test("SIGINT on an idle server exits 0 at once", async () => {
+  const server = await spawnServer(["--port", "0", "--model", VIT_FIXTURE, "--no-warmup"]);
+  const started = performance.now();
+  server.child.kill("SIGINT");
+  const status = await server.status;
+  assert.equal(status.code, 0);
+  assert.ok(performance.now() - started < 5000, "an idle server stops without waiting");
+  assert.match(server.output(), /stopped/);
+});
+
+Deno.test("bad flags make serve exit 2 with the usage text", async () => {
+  const output = await new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "--allow-net=127.0.0.1",
+      "--allow-read",
+      "--allow-env",
+      "src/server/main.ts",
+      "--port",
+      "x",
+    ],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  assert.equal(output.code, 2);
+  const stderr = new TextDecoder().decode(output.stderr);
+  assert.match(stderr, /--port must be a whole number/);
+  assert.match(stderr, /Usage: deno task serve/);
+});
