@@ -20,16 +20,7 @@
  * @module
  */
 
-// src/model.ts (the engine's loadModel) may not exist yet in every checkout.
-const ENGINE = new URL("../src/model.ts", import.meta.url).href;
-type LoadModel = (
-  source: string,
-  options: { backend: string; precision: string },
-) => Promise<{ forward(p: Float32Array, s: Shape): Promise<Float32Array>; close(): void }>;
-async function loadModel(...args: Parameters<LoadModel>) {
-  const engine = await import(ENGINE) as { loadModel: LoadModel };
-  return engine.loadModel(...args);
-}
+import { loadModel } from "../src/model.ts";
 
 const RUNNERS = ["edgevit-f32", "edgevit-int8", "ort-web-1t", "ort-web-2t", "ort-node-1t"] as const;
 type RunnerName = typeof RUNNERS[number];
