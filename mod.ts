@@ -55,3 +55,9 @@ export {
   type BuildContext,
   findArchitecture,
 } from "./src/models/registry.ts";
+export {
+  createHandler,
+  DEFAULT_MODEL,
+  type EdgeVitHandler,
+  type HandlerOptions,
+} from "./src/server/handler.ts";

@@ -19,7 +19,8 @@ import { splitModelArg } from "./config.ts";
 import type { ImageProbe, InferenceOptions, PreparedImage, ServedModel } from "./engine.ts";
 import { errorResponse, HttpError } from "./http_errors.ts";
 import { ServerMetrics } from "./metrics.ts";
-import { loadServedModel } from "./model_loader.ts";
+import { loadServedModel, servedModelFromModel } from "./model_loader.ts";
+import { Model } from "../model.ts";
 
 /** Folder name of the model `deno task serve` loads when given none (under models/). */
 export const DEFAULT_MODEL = "vit-fmnist";
@@ -34,10 +35,11 @@ export function defaultModelLocation(): string {
 export interface HandlerOptions extends Partial<HandlerLimits> {
   /**
    * Model folders or URLs (`name=location` names one; otherwise the folder name is its
-   * name), or models already wrapped for serving. The first is the default model.
+   * name), models from `loadModel` (named `model`, `model-2`, ...; the handler closes
+   * them), or models already wrapped for serving. The first is the default model.
    * Default: the embedded default model ({@link DEFAULT_MODEL}).
    */
-  models?: readonly (string | ServedModel)[];
+  models?: readonly (string | Model | ServedModel)[];
   /** Backend to load models on ("auto" default). */
   backend?: string;
   /** "f32" (default) or "int8". */
@@ -73,19 +75,28 @@ export function createHandler(options: HandlerOptions = {}): EdgeVitHandler {
     },
     models: async () => {
       const models: ServedModel[] = [];
-      for (const spec of specs) {
-        if (typeof spec !== "string") {
-          models.push(spec);
-          continue;
+      try {
+        for (const [i, spec] of specs.entries()) {
+          if (spec instanceof Model) {
+            models.push(servedModelFromModel(i === 0 ? "model" : `model-${i + 1}`, spec));
+          } else if (typeof spec !== "string") {
+            models.push(spec);
+          } else {
+            const { name, location } = splitModelArg(spec);
+            models.push(
+              await loadServedModel(location, {
+                name,
+                backend: options.backend,
+                precision: options.precision,
+                maxPixels: options.maxPixels,
+              }),
+            );
+          }
         }
-        const { name, location } = splitModelArg(spec);
-        models.push(
-          await loadServedModel(location, {
-            name,
-            backend: options.backend,
-            precision: options.precision,
-          }),
-        );
+      } catch (error) {
+        // Whatever was loaded before the failure would otherwise never be freed.
+        for (const model of models) model.close();
+        throw error;
       }
       return models;
     },

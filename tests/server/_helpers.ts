@@ -20,6 +20,9 @@ export const VIT_FIXTURE = "../shared/fixtures/parity/vitpytorch-vit-cls";
 /** A small real vit-pytorch NaViT (any size up to 64×64, patch 8). */
 export const NAVIT_FIXTURE = "../shared/fixtures/parity/vitpytorch-navit";
 
+/** The backend the server tests run models on. */
+export const TEST_BACKEND = "reference";
+
 /** A handler served by Deno.serve on 127.0.0.1 at a free port. */
 export interface RunningServer {
   base: string;
@@ -29,7 +32,7 @@ export interface RunningServer {
 
 /** Starts the real handler on a loopback port and waits until its models are ready. */
 export async function startServer(options: HandlerOptions): Promise<RunningServer> {
-  const handler = createHandler({ models: [VIT_FIXTURE], ...options });
+  const handler = createHandler({ models: [VIT_FIXTURE], backend: TEST_BACKEND, ...options });
   const listening = Promise.withResolvers<number>();
   const server = Deno.serve({
     hostname: "127.0.0.1",

@@ -10,8 +10,11 @@ import {
   pngClaiming,
   type RunningServer,
   startServer,
+  TEST_BACKEND,
+  VIT_FIXTURE,
   webp,
 } from "./_helpers.ts";
+import { loadModel } from "../../mod.ts";
 
 function assertWellFormed(body: ClassifyBody, images: number, topK: number) {
   assert.equal(body.results.length, images);
@@ -380,4 +383,29 @@ Deno.test("a NaViT model packs mixed resolutions and each image gets its own-siz
       });
     },
   );
+});
+
+Deno.test("the service answers what the engine's own classify answers for the same bytes", async () => {
+  const model = await loadModel(VIT_FIXTURE, { backend: TEST_BACKEND });
+  try {
+    await withServer({}, async ({ base }) => {
+      for (
+        const [bytes, type] of [[await jpeg(80, 60, 21), "image/jpeg"], [
+          await png(17, 45, 22),
+          "image/png",
+        ]] as const
+      ) {
+        const direct = await model.classify(bytes, { topK: 4 });
+        const { status, body } = await classifyRaw(base, bytes, type, "?topK=4");
+        assert.equal(status, 200);
+        assert.deepEqual(body.results[0].top.map((t) => t.index), direct.map((c) => c.index));
+        assert.deepEqual(body.results[0].top.map((t) => t.label), direct.map((c) => c.label));
+        body.results[0].top.forEach((t, i) =>
+          assert.ok(Math.abs(t.score - direct[i].score) < 1e-6)
+        );
+      }
+    });
+  } finally {
+    model.close();
+  }
 });

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { png, VIT_FIXTURE } from "./_helpers.ts";
+import { png, TEST_BACKEND, VIT_FIXTURE } from "./_helpers.ts";
 import { spawnServer } from "./_process.ts";
 
 const encoder = new TextEncoder();
@@ -35,7 +35,14 @@ async function connectionRefused(port: number): Promise<boolean> {
 }
 
 Deno.test("SIGTERM refuses new work, finishes the request in flight, closes the port and exits 0", async () => {
-  const server = await spawnServer(["--port", "0", "--model", VIT_FIXTURE]);
+  const server = await spawnServer([
+    "--port",
+    "0",
+    "--model",
+    VIT_FIXTURE,
+    "--backend",
+    TEST_BACKEND,
+  ]);
   const image = await png(32, 32, 5);
   // A request whose body arrives in two parts, the second only after the signal.
   const conn = await Deno.connect({ hostname: "127.0.0.1", port: server.port });
@@ -78,7 +85,15 @@ Deno.test("SIGTERM refuses new work, finishes the request in flight, closes the 
 });
 
 Deno.test("SIGINT on an idle server exits 0 at once", async () => {
-  const server = await spawnServer(["--port", "0", "--model", VIT_FIXTURE, "--no-warmup"]);
+  const server = await spawnServer([
+    "--port",
+    "0",
+    "--model",
+    VIT_FIXTURE,
+    "--backend",
+    TEST_BACKEND,
+    "--no-warmup",
+  ]);
   const started = performance.now();
   server.child.kill("SIGINT");
   const status = await server.status;
