@@ -154,15 +154,29 @@ function resampleHorizontal(
   const data = src.data;
   for (let y = 0; y < rows; y++) {
     const rowBase = (y + rowStart) * inRow;
-    const outBase = y * outRow;
+    let o = y * outRow;
     for (let x = 0; x < outWidth; x++) {
       const kBase = x * taps;
       const n = count[x];
-      const s0 = rowBase + start[x] * c;
-      for (let ch = 0; ch < c; ch++) {
-        let sum = HALF;
-        for (let t = 0, s = s0 + ch; t < n; t++, s += c) sum += data[s] * weights[kBase + t];
-        out[outBase + x * c + ch] = clip8(sum);
+      let s = rowBase + start[x] * c;
+      // RGB is the hot case: one walk over the taps for all three channels.
+      if (c === 3) {
+        let r = HALF, g = HALF, b = HALF;
+        for (let t = 0; t < n; t++, s += 3) {
+          const w = weights[kBase + t];
+          r += data[s] * w;
+          g += data[s + 1] * w;
+          b += data[s + 2] * w;
+        }
+        out[o++] = clip8(r);
+        out[o++] = clip8(g);
+        out[o++] = clip8(b);
+      } else {
+        for (let ch = 0; ch < c; ch++) {
+          let sum = HALF;
+          for (let t = 0, i = s + ch; t < n; t++, i += c) sum += data[i] * weights[kBase + t];
+          out[o++] = clip8(sum);
+        }
       }
     }
   }
@@ -180,17 +194,21 @@ function resampleVertical(
 ): Uint8Array {
   const row = width * c;
   const out = new Uint8Array(outHeight * row); // [outHeight, width, c]
+  const acc = new Float64Array(row); // [width · c] running sums of one output row
   const { taps, start, count, weights } = k;
   for (let y = 0; y < outHeight; y++) {
     const kBase = y * taps;
     const n = count[y];
-    const s0 = (start[y] - startShift) * row;
-    const outBase = y * row;
-    for (let i = 0; i < row; i++) {
-      let sum = HALF;
-      for (let t = 0, s = s0 + i; t < n; t++, s += row) sum += src[s] * weights[kBase + t];
-      out[outBase + i] = clip8(sum);
+    const first = (start[y] - startShift) * row;
+    acc.fill(HALF);
+    // Row by row, so the source is read sequentially rather than down columns.
+    for (let t = 0; t < n; t++) {
+      const w = weights[kBase + t];
+      const s0 = first + t * row;
+      for (let i = 0; i < row; i++) acc[i] += src[s0 + i] * w;
     }
+    const o = y * row;
+    for (let i = 0; i < row; i++) out[o + i] = clip8(acc[i]);
   }
   return out;
 }
