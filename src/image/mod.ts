@@ -29,7 +29,7 @@
  *    torchvision (half-to-even) or Hugging Face (floor) places it.
  * 4. {@link normalizeImage}: `(x · rescale − mean) / std` with float32 rounding.
  *
- * Errors are {@link EdgeVitError}s: `invalid_image` (empty, corrupt, truncated, zero
+ * Errors are `EdgeVitError`s (src/errors.ts): `invalid_image` (empty, corrupt, truncated, zero
  * size), `unsupported_media_type` (GIF, BMP, TIFF, HEIF, animated WebP, CMYK JPEG, ...),
  * `too_large`, `invalid_config` / `unsupported` (bad preprocessing configs) and
  * `backend_failure` (a decoder's wasm could not be loaded).
@@ -54,7 +54,6 @@
  * @module
  */
 
-export { EdgeVitError } from "../errors.ts";
 export { type Background, flattenAlpha, toGrayscale } from "./color.ts";
 export { centerCrop, type CropOffsets } from "./crop.ts";
 export {
