@@ -21,7 +21,8 @@ import { preprocess, preprocessNative } from "./image/preprocess.ts";
 import type { CheckpointLibrary, JsonObject } from "./loaders/config.ts";
 import { checkpointLabels, type ImagePipeline, imagePipelineFor } from "./loaders/preprocess.ts";
 import { type ModelSource, readCheckpoint, type SourceOptions } from "./loaders/source.ts";
-import { requireArchitecture } from "./models/registry.ts";
+import type { AtsSettings } from "./models/ats_vit.ts";
+import { buildArchitecture, requireArchitecture } from "./models/registry.ts";
 import type {
   ForwardOptions,
   ForwardOutput,
@@ -61,6 +62,12 @@ export interface LoadModelOptions extends SourceOptions {
   background?: Background;
   /** Where backend fallback reasons are logged (default `console.warn`). */
   log?: (message: string) => void;
+  /**
+   * Switches Adaptive Token Sampling on for a ViT with a CLS token (vit-pytorch `ViT`,
+   * Hugging Face, timm): `{maxTokensPerDepth: 64}` keeps at most 64 patch tokens per
+   * layer. Requests may lower it further with `tokenBudget`.
+   */
+  ats?: AtsSettings;
 }
 
 /** A model's description. */
@@ -360,7 +367,13 @@ export async function loadModel(
   const { backend, owned } = await resolveBackend(choice, options.log);
   let architecture: VisionArchitecture;
   try {
-    architecture = await entry.build({ checkpoint, weights, backend, precision });
+    architecture = await buildArchitecture(entry, {
+      checkpoint,
+      weights,
+      backend,
+      precision,
+      ats: options.ats,
+    });
   } catch (error) {
     if (owned) backend.dispose();
     throw error;

@@ -219,3 +219,25 @@ Deno.test("int8 precision loads through loadModel and stays close to float32", a
   f32.close();
   int8.close();
 });
+
+Deno.test("the ats option prunes tokens of a plain ViT checkpoint", async () => {
+  const dir = new URL("hf-vit/", PARITY);
+  const plain = await loadModel(dir, { backend: "reference" });
+  const pruned = await loadModel(dir, { backend: "reference", ats: { maxTokensPerDepth: 6 } });
+  const pixels = Float32Array.from({ length: 2 * 3 * 32 * 32 }, (_, i) => Math.cos(i * 0.3));
+  const a = await plain.run(pixels, [2, 3, 32, 32]);
+  const b = await pruned.run(pixels, [2, 3, 32, 32]);
+  assert.deepEqual(a.tokensPerImage, [17, 17]);
+  b.tokensPerImage.forEach((tokens) => assert.ok(tokens < 17, `${tokens} tokens`));
+  assert.equal(b.logits.length, 20);
+  plain.close();
+  pruned.close();
+  await assert.rejects(
+    () =>
+      loadModel(new URL("vitpytorch-simplevit/", PARITY), {
+        backend: "reference",
+        ats: { maxTokensPerDepth: 4 },
+      }),
+    (error: unknown) => error instanceof EdgeVitError && error.code === "unsupported",
+  );
+});
