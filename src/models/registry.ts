@@ -54,6 +54,8 @@ export interface ArchitectureEntry {
   library: CheckpointLibrary;
   /** The name as the checkpoint writes it, or a pattern for a family of names (timm). */
   name: string | RegExp | ((architecture: string) => boolean);
+  /** How to name a pattern entry in error messages (e.g. `"vit_*/deit_* names"`). */
+  description?: string;
   /** Builds the model on the backend. */
   build(context: BuildContext): VisionArchitecture | Promise<VisionArchitecture>;
 }
@@ -126,6 +128,7 @@ export const ARCHITECTURES: ArchitectureEntry[] = [
   {
     library: "timm",
     name: isTimmVitName,
+    description: "vit_*, deit_*, deit3_* names such as vit_base_patch16_224",
     build: ({ checkpoint, weights, backend, precision }) => {
       const { config, weights: vit } = vitFromTimm(checkpoint.config, weights, checkpoint.source);
       return VitModel.create(backend, config, vit, { precision, source: checkpoint.source });
@@ -196,7 +199,7 @@ export function requireArchitecture(checkpoint: CheckpointInfo): ArchitectureEnt
   const entry = findArchitecture(checkpoint.library, checkpoint.architecture);
   if (!entry) {
     const known = ARCHITECTURES.filter((e) => e.library === checkpoint.library)
-      .map((e) => typeof e.name === "string" ? e.name : `${checkpoint.library} family`)
+      .map((e) => typeof e.name === "string" ? e.name : e.description ?? String(e.name))
       .join(", ");
     throw new EdgeVitError(
       "unsupported",
