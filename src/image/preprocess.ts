@@ -589,8 +589,8 @@ export interface NativeConfig {
  *    at 1 unless `upscale` (images are never enlarged just because they are small);
  * 2. each side becomes the nearest multiple of the patch size to `side · s`, at
  *    least one patch, at most the side limit;
- * 3. while rounding up left more than `maxPatches` patches, the side that was rounded up
- *    the most (relative to its exact patch count) loses one patch.
+ * 3. while rounding up left more than `maxPatches` patches, the side with more patches
+ *    gives one back.
  * The aspect ratio is kept to within half a patch per side; sides that already fit and
  * are multiples of the patch size are left alone (no resampling at all).
  *
@@ -623,14 +623,12 @@ export function nativeSize(
     Math.sqrt((maxPatches * p * p) / (height * width)),
   );
   if (!config.upscale) scale = Math.min(scale, 1);
-  const exactRows = (height * scale) / p;
-  const exactCols = (width * scale) / p;
-  let rows = Math.min(maxRows, Math.max(1, Math.round(exactRows)));
-  let cols = Math.min(maxCols, Math.max(1, Math.round(exactCols)));
-  // Rounding both sides up can overshoot the budget: take a patch off the side that was
-  // rounded up the most (relatively), which keeps the aspect ratio closest.
+  let rows = Math.min(maxRows, Math.max(1, Math.round((height * scale) / p)));
+  let cols = Math.min(maxCols, Math.max(1, Math.round((width * scale) / p)));
+  // Rounding both sides up can overshoot the budget: the side with more patches gives one
+  // back (src/models/navit.ts navitTargetSize mirrors this rule; keep them equal).
   while (rows * cols > maxPatches) {
-    if (cols === 1 || (rows > 1 && rows / exactRows >= cols / exactCols)) rows--;
+    if (rows >= cols && rows > 1) rows--;
     else cols--;
   }
   return [rows * p, cols * p];
