@@ -54,7 +54,7 @@ export interface ArchitectureEntry {
   library: CheckpointLibrary;
   /** The name as the checkpoint writes it, or a pattern for a family of names (timm). */
   name: string | RegExp | ((architecture: string) => boolean);
-  /** How to name a pattern entry in error messages (e.g. `"vit_*/deit_* names"`). */
+  /** How to name a pattern entry in error messages (e.g. the timm name families). */
   description?: string;
   /** Builds the model on the backend. */
   build(context: BuildContext): VisionArchitecture | Promise<VisionArchitecture>;
