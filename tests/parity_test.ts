@@ -12,7 +12,11 @@ import { parseSafetensors, toFloat32, toInt32 } from "../src/loaders/safetensors
 import { type BackendChoice, loadModel } from "../src/model.ts";
 import { findArchitecture } from "../src/models/registry.ts";
 
-const ROOT = new URL("../../shared/fixtures/parity/", import.meta.url);
+/** The shared fixtures, and this repository's own (distilled DeiT, made by PyTorch too). */
+const ROOTS = [
+  new URL("../../shared/fixtures/parity/", import.meta.url),
+  new URL("./fixtures/parity/", import.meta.url),
+];
 
 /**
  * Architectures the project plan names (issues 3 and 4) per library. A fixture whose
@@ -46,21 +50,26 @@ interface ParityCase {
 
 function readCases(): ParityCase[] {
   const cases: ParityCase[] = [];
-  for (const entry of Deno.readDirSync(ROOT)) {
-    if (!entry.isDirectory) continue;
-    const dir = new URL(`${entry.name}/`, ROOT);
-    const config = parseConfigJson(Deno.readTextFileSync(new URL("config.json", dir)));
-    const info = describeCheckpoint(config, entry.name);
-    cases.push({
-      name: entry.name,
-      dir,
-      library: info.library,
-      architecture: info.architecture,
-      registered: findArchitecture(info.library, info.architecture) !== undefined,
-      spec: JSON.parse(Deno.readTextFileSync(new URL("case.json", dir))),
-    });
+  for (const root of ROOTS) {
+    for (const entry of Deno.readDirSync(root)) {
+      if (entry.isDirectory) cases.push(readCase(root, entry.name));
+    }
   }
   return cases.sort((a, b) => a.name.localeCompare(b.name));
+}
+
+function readCase(root: URL, name: string): ParityCase {
+  const dir = new URL(`${name}/`, root);
+  const config = parseConfigJson(Deno.readTextFileSync(new URL("config.json", dir)));
+  const info = describeCheckpoint(config, name);
+  return {
+    name,
+    dir,
+    library: info.library,
+    architecture: info.architecture,
+    registered: findArchitecture(info.library, info.architecture) !== undefined,
+    spec: JSON.parse(Deno.readTextFileSync(new URL("case.json", dir))),
+  };
 }
 
 function readTensors(url: URL) {
@@ -84,11 +93,11 @@ try {
 }
 
 Deno.test("the parity fixtures exist and at least the classic ViT family is registered", () => {
-  assert.ok(cases.length >= 5, `only ${cases.length} parity cases found under ${ROOT.pathname}`);
+  assert.ok(cases.length >= 7, `only ${cases.length} parity cases found`);
   for (const name of ["vitpytorch-vit-cls", "vitpytorch-vit-mean", "vitpytorch-simplevit"]) {
     assert.ok(cases.find((c) => c.name === name)?.registered, `${name} is not registered`);
   }
-  for (const name of ["hf-vit", "timm-vit"]) {
+  for (const name of ["hf-vit", "timm-vit", "hf-deit-teacher", "timm-deit-distilled"]) {
     assert.ok(cases.find((c) => c.name === name)?.registered, `${name} is not registered`);
   }
 });
