@@ -129,46 +129,49 @@ Deno.test("navitTargetSize keeps the aspect ratio within the size and patch limi
   assert.throws(() => navitTargetSize(0, 10, limits), EdgeVitError);
 });
 
-Deno.test("NaViT packing never changes a result, for many sizes and packer limits", async () => {
-  const kwargs = {
-    image_size: [48, 40],
-    patch_size: 8,
-    num_classes: 4,
-    dim: 24,
-    depth: 2,
-    heads: 3,
-    dim_head: 8,
-    mlp_dim: 48,
-  };
-  const random = seededRandom(21);
-  const sizes = [[8, 8], [48, 40], [16, 40], [40, 16], [24, 24], [8, 40], [48, 8], [32, 16]];
-  const images = sizes.map(([height, width]) => ({
-    data: new Float32Array(3 * height * width).map(() => random() * 2 - 1),
-    height,
-    width,
-  }));
-  const alone = NaViT.build(new ReferenceBackend(), kwargs, randomNaViTWeights(kwargs, 2));
-  const singles = await Promise.all(images.map((image) => alone.forwardPacked([image])));
-  for (const maxSequenceLength of [30, 45, 100, 1000]) {
-    const model = NaViT.build(new ReferenceBackend(), kwargs, randomNaViTWeights(kwargs, 2), {
-      maxSequenceLength,
-    });
-    const { logits, tokensPerImage } = await model.forwardPacked(images);
-    assert.deepEqual(tokensPerImage, sizes.map(([h, w]) => (h / 8) * (w / 8)));
-    singles.forEach((single, i) => {
-      assert.ok(maxAbsDiff(logits.subarray(i * 4, (i + 1) * 4), single.logits) <= 1e-5);
-    });
-    model.dispose();
-  }
-  alone.dispose();
-  assert.throws(
-    () =>
-      NaViT.build(new ReferenceBackend(), kwargs, randomNaViTWeights(kwargs), {
-        maxSequenceLength: 0,
-      }),
-    EdgeVitError,
-  );
-});
+for (const [name, create] of backends) {
+  Deno.test(`NaViT packing never changes a result, for many sizes and packer limits (${name})`, async () => {
+    const backend = await create();
+    const kwargs = {
+      image_size: [48, 40],
+      patch_size: 8,
+      num_classes: 4,
+      dim: 24,
+      depth: 2,
+      heads: 3,
+      dim_head: 8,
+      mlp_dim: 48,
+    };
+    const random = seededRandom(21);
+    const sizes = [[8, 8], [48, 40], [16, 40], [40, 16], [24, 24], [8, 40], [48, 8], [32, 16]];
+    const images = sizes.map(([height, width]) => ({
+      data: new Float32Array(3 * height * width).map(() => random() * 2 - 1),
+      height,
+      width,
+    }));
+    const alone = NaViT.build(backend, kwargs, randomNaViTWeights(kwargs, 2));
+    const singles = await Promise.all(images.map((image) => alone.forwardPacked([image])));
+    for (const maxSequenceLength of [30, 45, 100, 1000]) {
+      const model = NaViT.build(backend, kwargs, randomNaViTWeights(kwargs, 2), {
+        maxSequenceLength,
+      });
+      const { logits, tokensPerImage } = await model.forwardPacked(images);
+      assert.deepEqual(tokensPerImage, sizes.map(([h, w]) => (h / 8) * (w / 8)));
+      singles.forEach((single, i) => {
+        assert.ok(maxAbsDiff(logits.subarray(i * 4, (i + 1) * 4), single.logits) <= 1e-5);
+      });
+      model.dispose();
+    }
+    alone.dispose();
+    assert.throws(
+      () =>
+        NaViT.build(new ReferenceBackend(), kwargs, randomNaViTWeights(kwargs), {
+          maxSequenceLength: 0,
+        }),
+      EdgeVitError,
+    );
+  });
+}
 
 Deno.test("navitTargetSize is the policy the image pipeline's nativeSize applies", () => {
   let seed = 17;
