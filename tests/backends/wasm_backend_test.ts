@@ -1,0 +1,243 @@
+/**
+ * The wasm backend and its binding beyond op-by-op agreement (tests/backends/ops_test.ts):
+ * build selection, loading from bytes, memory that returns to baseline over thousands of
+ * ops, math accuracy against float64, and clear errors for bad inputs.
+ */
+
+import assert from "node:assert/strict";
+import { ShapeError } from "../../src/backends/backend.ts";
+import { ReferenceBackend } from "../../src/backends/reference/reference_backend.ts";
+import { WasmBackend } from "../../src/backends/wasm/wasm_backend.ts";
+import { EdgeVitError } from "../../src/errors.ts";
+import { KERNEL_FILES, Kernels, relaxedSimdSupported } from "../../wasm/kernels.ts";
+
+/** erf in float64 to ~1e-15: Taylor series near 0, continued fraction for erfc beyond. */
+function erf64(x: number): number {
+  const z = Math.abs(x);
+  let result: number;
+  if (z < 2.5) {
+    let term = z;
+    let sum = z;
+    for (let n = 1; n < 200; n++) {
+      term *= -z * z / n;
+      const add = term / (2 * n + 1);
+      sum += add;
+      if (Math.abs(add) < 1e-17 * Math.abs(sum)) break;
+    }
+    result = sum * 2 / Math.sqrt(Math.PI);
+  } else {
+    // erfc(z) = exp(-z²)/√π · 1/(z + 1/2/(z + 1/(z + 3/2/(z + ...)))), evaluated backwards.
+    let fraction = z;
+    for (let n = 200; n >= 1; n--) fraction = z + (n / 2) / fraction;
+    result = 1 - Math.exp(-z * z) / Math.sqrt(Math.PI) / fraction;
+  }
+  return x < 0 ? -result : result;
+}
+
+function gelu64(x: number): number {
+  return 0.5 * x * (1 + erf64(x / Math.SQRT2));
+}
+
+Deno.test("the float64 erf used as ground truth agrees with known values", () => {
+  assert.ok(Math.abs(erf64(0.5) - 0.5204998778130465) < 1e-15);
+  assert.ok(Math.abs(erf64(1) - 0.8427007929497149) < 1e-15);
+  assert.ok(Math.abs(erf64(-2) + 0.9953222650189527) < 1e-15);
+  assert.ok(Math.abs(erf64(3) - 0.9999779095030014) < 1e-15);
+});
+
+Deno.test("the relaxed build is picked where the engine validates relaxed SIMD", async () => {
+  const backend = await WasmBackend.create();
+  assert.equal(backend.flavour, relaxedSimdSupported() ? "relaxed" : "plain");
+  const plain = await WasmBackend.create({ flavour: "plain" });
+  assert.equal(plain.flavour, "plain");
+});
+
+Deno.test("kernels load from bytes passed in, as edge runtimes without files do", async () => {
+  const bytes = await Deno.readFile(new URL(`../../wasm/${KERNEL_FILES.plain}`, import.meta.url));
+  const backend = await WasmBackend.create({ flavour: "plain", wasmBytes: bytes });
+  const x = backend.upload(new Float32Array([1, -2, 3]), [1, 3]);
+  assert.deepEqual([...await backend.read(backend.add(x, x))], [2, -4, 6]);
+});
+
+Deno.test("broken module bytes are refused with a backend_failure EdgeVitError", async () => {
+  await assert.rejects(
+    WasmBackend.create({ wasmBytes: new Uint8Array([0, 97, 115, 109, 1, 0, 0, 0, 99]) }),
+    (error: unknown) => error instanceof EdgeVitError && error.code === "backend_failure",
+  );
+});
+
+Deno.test("GELU matches the exact erf form to 1e-6 over [-12, 12] in both builds", async () => {
+  for (const flavour of ["relaxed", "plain"] as const) {
+    const backend = await WasmBackend.create({ flavour });
+    const count = 240_001;
+    const xs = Float32Array.from({ length: count }, (_, i) => -12 + i * 1e-4);
+    const y = await backend.read(backend.gelu(backend.upload(xs, [1, count])));
+    let worst = 0;
+    let at = 0;
+    for (let i = 0; i < count; i++) {
+      const error = Math.abs(y[i] - gelu64(xs[i]));
+      if (error > worst) [worst, at] = [error, xs[i]];
+    }
+    assert.ok(worst <= 1e-6, `${flavour}: GELU error ${worst} at x = ${at}`);
+    // Far tails: exactly x and exactly 0 (PyTorch gives the same).
+    const tails = await backend.read(
+      backend.gelu(backend.upload(new Float32Array([30, 1e4, -30, -1e4]), [1, 4])),
+    );
+    assert.deepEqual([...tails], [30, 1e4, -0, -0]);
+  }
+});
+
+Deno.test("the shared vector exp has relative error below 2.5e-7 from -87 to 88", async () => {
+  const kernels = await Kernels.load();
+  const count = 175_001;
+  const x = kernels.alloc(count * 4);
+  const xs = kernels.f32(x, count);
+  for (let i = 0; i < count; i++) xs[i] = -87 + i * 1e-3;
+  kernels.exports.exp_f32(x, count, x);
+  const ys = kernels.f32(x, count);
+  let worst = 0;
+  for (let i = 0; i < count; i++) {
+    const exact = Math.exp(Math.fround(-87 + i * 1e-3));
+    worst = Math.max(worst, Math.abs(ys[i] - exact) / exact);
+  }
+  assert.ok(worst < 2.5e-7, `exp relative error ${worst}`);
+  kernels.free(x);
+});
+
+Deno.test("thousands of ops return wasm memory to its baseline and never grow it", async () => {
+  const backend = await WasmBackend.create();
+  const [tokens, dim, heads] = [50, 48, 3];
+  const w = backend.prepareLinear({
+    weight: new Float32Array(3 * dim * dim).fill(0.01),
+    bias: new Float32Array(3 * dim).fill(0.1),
+    outFeatures: 3 * dim,
+    inFeatures: dim,
+  });
+  const gamma = backend.upload(new Float32Array(dim).fill(1), [dim]);
+  const segments = Int32Array.from({ length: tokens }, (_, i) => i < 20 ? 0 : 1);
+  const input = Float32Array.from({ length: tokens * dim }, (_, i) => Math.sin(i));
+  const step = () => {
+    const x = backend.upload(input, [tokens, dim]);
+    const normed = backend.layerNorm(x, gamma, null, 1e-6);
+    const qkv = backend.linear(normed, w, "gelu");
+    const { output, clsAttention } = backend.attention(qkv, qkv, qkv, {
+      heads,
+      headDim: dim / heads,
+      scale: 0.25,
+      kOffset: dim,
+      vOffset: 2 * dim,
+      querySegments: segments,
+      returnClsAttention: true,
+    });
+    const kept = backend.gatherRows(output, Int32Array.from([0, 5, 20, 49]));
+    const pooled = backend.segmentMean(output, Int32Array.from([0, 20, tokens]));
+    const joined = backend.concatRows([kept, pooled]);
+    const norms = backend.headNorms(qkv, heads, dim / heads, 2 * dim);
+    for (const t of [x, normed, qkv, output, clsAttention!, kept, pooled, joined, norms]) {
+      backend.release(t);
+    }
+  };
+  step();
+  const baseline = backend.bytesInUse;
+  const memory = backend.kernels.memoryBytes;
+  for (let i = 0; i < 3000; i++) step();
+  assert.equal(backend.bytesInUse, baseline);
+  assert.equal(backend.kernels.memoryBytes, memory);
+  backend.releaseLinear(w);
+  backend.release(gamma);
+  backend.kernels.releaseScratch();
+  assert.equal(backend.bytesInUse, 0);
+});
+
+Deno.test("the allocator coalesces freed blocks and reuses them before growing", async () => {
+  const kernels = await Kernels.load({ flavour: "plain" });
+  const blocks = Array.from({ length: 8 }, () => kernels.alloc(100_000));
+  const memory = kernels.memoryBytes;
+  // Free in an interleaved order so coalescing must merge on both sides.
+  for (const i of [1, 3, 5, 7, 0, 2, 4, 6]) kernels.free(blocks[i]);
+  assert.equal(kernels.bytesInUse, 0);
+  const big = kernels.alloc(700_000);
+  assert.equal(big, blocks[0], "the merged space is reused from its start");
+  assert.equal(kernels.memoryBytes, memory);
+  kernels.free(big);
+  assert.throws(() => kernels.free(big), EdgeVitError);
+});
+
+Deno.test("memory grows for a tensor larger than the initial memory", async () => {
+  const backend = await WasmBackend.create();
+  const before = backend.kernels.memoryBytes;
+  const data = Float32Array.from({ length: 1_000_000 }, (_, i) => i);
+  const x = backend.upload(data, [1000, 1000]);
+  assert.ok(backend.kernels.memoryBytes > before);
+  const y = backend.add(x, x);
+  const out = await backend.read(y);
+  assert.equal(out[999_999], 2 * 999_999);
+});
+
+Deno.test("bad inputs are refused with clear errors, never a trap", async () => {
+  const backend = await WasmBackend.create();
+  const other = await WasmBackend.create();
+  const reference = new ReferenceBackend();
+  const x = backend.upload(new Float32Array(6), [2, 3]);
+  assert.throws(() => backend.upload(new Float32Array(5), [2, 3]), ShapeError);
+  assert.throws(() => backend.gelu(reference.upload(new Float32Array(1), [1, 1])), ShapeError);
+  assert.throws(() => backend.gelu(other.upload(new Float32Array(1), [1, 1])), ShapeError);
+  assert.throws(() => backend.add(x, backend.upload(new Float32Array(6), [3, 2])), ShapeError);
+  assert.throws(() => backend.softmax(backend.upload(new Float32Array(6), [6])), /2-D/);
+  assert.throws(() => backend.rmsNorm(x, backend.upload(new Float32Array(3), [3]), 2, 1e-6), {
+    name: "ShapeError",
+  });
+  assert.throws(() => backend.layerNorm(x, backend.upload(new Float32Array(2), [2]), null, 1e-6));
+  assert.throws(() => backend.gatherRows(x, Int32Array.from([2])), /row 2 of 2/);
+  assert.throws(() => backend.segmentMean(x, Int32Array.from([0, 1])), /offsets/);
+  assert.throws(() => backend.segmentMean(x, Int32Array.from([0, 0, 2])), /empty/);
+  assert.throws(() => backend.headNorms(x, 2, 2, 0), /out of range/);
+  assert.throws(() => backend.concatRows([]), ShapeError);
+  assert.throws(
+    () => backend.attention(x, x, x, { heads: 1, headDim: 3, scale: 1, kOffset: 1 }),
+    /out of range/,
+  );
+  assert.throws(
+    () =>
+      backend.attention(x, x, x, {
+        heads: 1,
+        headDim: 3,
+        scale: 1,
+        querySegments: Int32Array.from([1, 0]),
+      }),
+    /nondecreasing/,
+  );
+  assert.throws(() =>
+    backend.prepareLinear({
+      weight: new Float32Array(5),
+      bias: null,
+      outFeatures: 2,
+      inFeatures: 3,
+    })
+  );
+  const w = backend.prepareLinear({
+    weight: new Float32Array(6),
+    bias: null,
+    outFeatures: 3,
+    inFeatures: 2,
+  });
+  assert.throws(() => backend.linear(x, w), /expects 2 input columns/);
+  assert.throws(() =>
+    backend.linear(
+      x,
+      reference.prepareLinear({
+        weight: new Float32Array(9),
+        bias: null,
+        outFeatures: 3,
+        inFeatures: 3,
+      }),
+    ), ShapeError);
+  backend.release(x);
+  assert.throws(() => backend.gelu(x), /released/);
+  backend.release(x); // releasing twice is harmless
+  backend.dispose();
+  assert.throws(
+    () => backend.upload(new Float32Array(1), [1]),
+    (error: unknown) => error instanceof EdgeVitError && error.code === "backend_failure",
+  );
+});
