@@ -274,6 +274,12 @@ async function edgevitRunner(
   precision: "f32" | "int8",
 ): Promise<Runner> {
   const model = await loadModel(folder.pathname, { backend: "wasm", precision });
+  if (precision === "int8" && !hasInt8Kernel(model.architecture.backend)) {
+    model.close();
+    throw new Error(
+      "the wasm kernels have no int8 GEMM yet (int8 weights are dequantized to a float32 GEMM)",
+    );
+  }
   return {
     name,
     async run(pixels, shape) {
@@ -286,6 +292,18 @@ async function edgevitRunner(
       return Promise.resolve();
     },
   };
+}
+
+/**
+ * Whether the wasm build exports an int8 GEMM. Until it does, precision "int8" only
+ * quantizes the weights and runs the float32 GEMM, which is not the int8 path the
+ * comparison is about.
+ */
+function hasInt8Kernel(backend: unknown): boolean {
+  const exports = (backend as { kernels?: { exports?: Record<string, unknown> } }).kernels
+    ?.exports;
+  return exports !== undefined &&
+    Object.keys(exports).some((name) => /(^|_)(int8|i8)(_|$)/.test(name));
 }
 
 async function openRunners(folder: URL, onnx: URL) {
