@@ -9,6 +9,7 @@ import assert from "node:assert/strict";
 import { EdgeVitError } from "../../src/errors.ts";
 import { isOnnxSource, loadOnnxModel, wantsOrt } from "../../src/backends/ort/ort_model.ts";
 import { loadModel } from "../../src/model.ts";
+import { loadServedModel } from "../../src/server/model_loader.ts";
 import { parseSafetensors, toFloat32 } from "../../src/loaders/safetensors.ts";
 
 const ONNX_DIR = new URL("../fixtures/onnx/vitpytorch-vit-cls/", import.meta.url);
@@ -402,6 +403,31 @@ Deno.test("loadModel refuses ONNX models on other backends, int8, and ATS option
       /./,
     );
   } finally {
+    model.close();
+  }
+});
+
+Deno.test("the server serves an ONNX model named with backend ort", async () => {
+  const served = await loadServedModel(decodeURIComponent(ONNX_DIR.pathname), {
+    name: "vit-onnx",
+    backend: "ort",
+  });
+  const model = await loadModel(decodeURIComponent(ONNX_DIR.pathname), { backend: "ort" });
+  try {
+    assert.equal(served.backend, "ort");
+    assert.equal(served.numClasses, 10);
+    assert.equal(served.packed, false);
+    await served.warmup();
+    const jpeg = await Deno.readFile(new URL("../fixtures/images/chelsea.jpg", import.meta.url));
+    const image = await served.preprocess(jpeg);
+    assert.deepEqual([image.channels, image.height, image.width], [3, 32, 32]);
+    assert.equal(image.tokens, 16);
+    const out = await served.infer([image, image], {});
+    const direct = await model.forward(image.data, [1, 3, 32, 32]);
+    assert.ok(maxAbsDiff(out.logits.subarray(0, 10), direct) <= 1e-6);
+    assert.ok(maxAbsDiff(out.logits.subarray(10, 20), direct) <= 1e-6);
+  } finally {
+    served.close();
     model.close();
   }
 });

@@ -124,10 +124,11 @@ class OnnxArchitecture implements VisionArchitecture {
     this.channels = model.channels;
     this.inputSize = inputSize;
     this.patchSize = patchSize;
-    // Patch tokens (the server's batching cost), when the config says the patch size.
-    this.#tokens = patchSize > 0
-      ? Math.floor(inputSize.height / patchSize) * Math.floor(inputSize.width / patchSize)
-      : 0;
+    // Patch tokens: the cost measure the server's batcher budgets by.
+    this.#tokens = Math.max(
+      1,
+      Math.floor(inputSize.height / patchSize) * Math.floor(inputSize.width / patchSize),
+    );
   }
 
   async forward(
@@ -150,6 +151,8 @@ class OnnxArchitecture implements VisionArchitecture {
   }
 }
 
+const NOMINAL_PATCH = 16;
+
 function statedPatchSize(config: Record<string, unknown>): number {
   const kwargs = isObject(config.kwargs)
     ? config.kwargs
@@ -157,9 +160,11 @@ function statedPatchSize(config: Record<string, unknown>): number {
     ? config.model_args
     : {};
   const value = kwargs.patch_size ?? config.patch_size;
-  if (typeof value === "number") return value;
-  if (Array.isArray(value) && typeof value[0] === "number") return value[0];
-  return 0;
+  if (typeof value === "number" && value > 0) return value;
+  if (Array.isArray(value) && typeof value[0] === "number" && value[0] > 0) return value[0];
+  // Unknown: a nominal 16 (the usual ViT patch) so token counts, which the server's
+  // batcher budgets by, still grow with the image area.
+  return NOMINAL_PATCH;
 }
 
 /**
