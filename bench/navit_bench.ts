@@ -9,11 +9,13 @@
  *    images each padded/resized to 224² (what a fixed-size ViT would run).
  *
  *     deno bench --allow-read --allow-env bench/navit_bench.ts
+ *     deno run --allow-read --allow-env bench/navit_bench.ts 15   # 15 interleaved rounds, medians
  *
  * @module
  */
 
 import { resolveBackend } from "../src/model.ts";
+import { interleavedMedians } from "./_rounds.ts";
 import { NaViT, randomNaViTWeights } from "../src/models/navit.ts";
 import { packGreedy } from "../src/models/packing.ts";
 import type { PackedImage } from "../src/models/types.ts";
@@ -122,3 +124,20 @@ Deno.bench("NaViT, 8 images padded to 224²", { group: "navit", baseline: true }
 Deno.bench("NaViT, 8 images at their own size, packed", { group: "navit" }, async () => {
   await model.forwardPacked(images);
 });
+
+if (import.meta.main) {
+  const rounds = Number(Deno.args[0] ?? 15);
+  const timedAttention = (segments: Int32Array) => async () => {
+    const out = attend(segments);
+    await backend.read(out);
+    backend.release(out);
+  };
+  await interleavedMedians([
+    { name: "attention, 1 image × 512 tokens", run: timedAttention(oneSegment) },
+    { name: "attention, 8 images × 64 tokens packed", run: timedAttention(packedSegments) },
+  ], rounds * 4);
+  await interleavedMedians([
+    { name: "NaViT, 8 images padded to 224²", run: () => model.forward(padded, [8, 3, 224, 224]) },
+    { name: "NaViT, 8 images at their own size, packed", run: () => model.forwardPacked(images) },
+  ], rounds);
+}

@@ -5,12 +5,14 @@
  * then `deno bench` times the forward passes (group baseline: the plain model).
  *
  *     deno bench --allow-read --allow-env bench/pruning_bench.ts
+ *     deno run --allow-read --allow-env bench/pruning_bench.ts 15   # 15 interleaved rounds, medians
  *     EDGEVIT_BENCH_BACKEND=reference deno bench ...   # another backend
  *
  * @module
  */
 
 import { resolveBackend } from "../src/model.ts";
+import { interleavedMedians } from "./_rounds.ts";
 import { createAtsHooks } from "../src/models/ats_vit.ts";
 import { PatchMerger, patchMergerHooks } from "../src/models/patch_merger.ts";
 import type { ForwardOutput } from "../src/models/types.ts";
@@ -101,3 +103,14 @@ for (const [i, k] of BUDGETS.entries()) {
 Deno.bench("PatchMerger after block 6 → 8 tokens", { group: "pruning" }, async () => {
   await merged.forward(pixels, shape);
 });
+
+if (import.meta.main) {
+  await interleavedMedians([
+    { name: "plain ViT, 197 tokens", run: () => plain.forward(pixels, shape) },
+    ...BUDGETS.map((k, i) => ({
+      name: `ATS, K=${k} from block 4`,
+      run: () => ats[i].forward(pixels, shape),
+    })),
+    { name: "PatchMerger after block 6 → 8 tokens", run: () => merged.forward(pixels, shape) },
+  ], Number(Deno.args[0] ?? 15));
+}
