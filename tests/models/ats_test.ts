@@ -7,7 +7,8 @@ import { NaViT } from "../../src/models/navit.ts";
 import { buildArchitecture, findArchitecture } from "../../src/models/registry.ts";
 import { describeCheckpoint, type JsonObject } from "../../src/loaders/config.ts";
 import { randomVitWeights, seededRandom, type VitConfig, VitModel } from "../../src/models/vit.ts";
-import { maxAbsDiff, readCase, testBackends } from "./_fixtures.ts";
+import { loadModel } from "../../src/model.ts";
+import { maxAbsDiff, PARITY_DIR, readCase, testBackends } from "./_fixtures.ts";
 
 const backends = await testBackends();
 
@@ -299,4 +300,17 @@ Deno.test("the registry switches ATS on for Hugging Face and timm ViTs", async (
     }),
     /CLS token/,
   );
+});
+
+Deno.test("loadModel's ats option prunes a plain checkpoint and requests lower its budget", async () => {
+  const dir = new URL("timm-vit/", PARITY_DIR);
+  const fixture = await readCase("timm-vit");
+  const { data, shape } = fixture.input("pixel_values");
+  const pixelShape = shape as [number, number, number, number];
+  const model = await loadModel(dir, { backend: "reference", ats: { maxTokensPerDepth: 10 } });
+  const out = await model.run(data, pixelShape, { returnTokenIds: true });
+  out.tokenIds!.flat().forEach((ids) => assert.ok(ids.length >= 1 && ids.length <= 10));
+  const lower = await model.run(data, pixelShape, { returnTokenIds: true, tokenBudget: 2 });
+  lower.tokenIds!.flat().forEach((ids) => assert.ok(ids.length >= 1 && ids.length <= 2));
+  model.close();
 });
