@@ -124,38 +124,31 @@ fn main(
     }
     workgroupBarrier();
 
-    var scores: array<f32, BLOCK_KEYS>;
-    var tile_max = NEG_BIG;
-    for (var j = 0u; j < BLOCK_KEYS; j++) {
+    // Online softmax one key at a time: the running max only moves on a new maximum,
+    // so the rescale of the accumulator is rare after the first keys.
+    let block_keys = min(BLOCK_KEYS, block_end - t0);
+    for (var j = 0u; j < block_keys; j++) {
       let key = t0 + j;
-      var s = NEG_BIG;
       if (key >= own.x && key < own.y) {
         var dot4 = vec4<f32>(0.0);
         for (var d4 = 0u; d4 < HEAD_VEC4; d4++) {
           dot4 = fma(qv[d4], k_tile[j * HEAD_VEC4 + d4], dot4);
         }
-        s = dot4.x + dot4.y + dot4.z + dot4.w;
-        tile_max = max(tile_max, s);
-      }
-      scores[j] = s;
-    }
-    if (tile_max > NEG_BIG) {
-      let new_max = max(running_max, tile_max);
-      let correction = exp(running_max - new_max);
-      running_sum *= correction;
-      for (var d4 = 0u; d4 < HEAD_VEC4; d4++) {
-        acc[d4] *= correction;
-      }
-      for (var j = 0u; j < BLOCK_KEYS; j++) {
-        if (scores[j] > NEG_BIG) {
-          let p = exp(scores[j] - new_max);
-          running_sum += p;
+        let s = dot4.x + dot4.y + dot4.z + dot4.w;
+        if (s > running_max) {
+          let correction = exp(running_max - s);
+          running_sum *= correction;
           for (var d4 = 0u; d4 < HEAD_VEC4; d4++) {
-            acc[d4] = fma(vec4<f32>(p), v_tile[j * HEAD_VEC4 + d4], acc[d4]);
+            acc[d4] *= correction;
           }
+          running_max = s;
+        }
+        let p = exp(s - running_max);
+        running_sum += p;
+        for (var d4 = 0u; d4 < HEAD_VEC4; d4++) {
+          acc[d4] = fma(vec4<f32>(p), v_tile[j * HEAD_VEC4 + d4], acc[d4]);
         }
       }
-      running_max = new_max;
     }
     workgroupBarrier();
   }
