@@ -590,6 +590,17 @@ Deno.test("WebGPU device errors become backend_failure errors", async (t) => {
     }
   });
 
+  await t.step("a read in flight when the backend is disposed rejects cleanly", async () => {
+    const gpu = await createTestBackend();
+    const x = gpu.upload(new Float32Array(1000).fill(2), [10, 100]);
+    const pending = gpu.read(gpu.softmax(x));
+    gpu.dispose();
+    await assert.rejects(
+      pending,
+      (error: unknown) => error instanceof EdgeVitError && error.code === "backend_failure",
+    );
+  });
+
   await t.step("a disposed backend refuses work", async () => {
     const gpu = await createTestBackend();
     const x = gpu.upload(new Float32Array(3), [1, 3]);

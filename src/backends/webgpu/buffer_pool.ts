@@ -86,6 +86,11 @@ export class BufferPool {
     this.#freeBytes += buffer.size;
   }
 
+  /** Forgets a buffer handed out earlier without reusing it (it is broken or destroyed). */
+  discard(buffer: GPUBuffer): void {
+    this.#inUse.delete(buffer);
+  }
+
   /**
    * Takes free buffers out of the pool until at most `maxFreeBytes` remain free (largest
    * first) and returns them; the caller destroys them once that is safe.

@@ -408,10 +408,20 @@ export class WebGpuBackend implements Backend {
     try {
       await staging.mapAsync(MAP_MODE_READ, 0, bytes);
     } catch (error) {
-      this.#readback.release(staging);
+      if (this.#disposed) {
+        throw new EdgeVitError("backend_failure", "the WebGPU backend was disposed during a read", {
+          cause: error,
+        });
+      }
+      // A buffer whose mapping failed is not trusted again.
+      this.#readback.discard(staging);
+      this.#destroyNow(staging);
       await this.#settle();
       this.#fail(`WebGPU readback failed: ${messageOf(error)}`);
-      throw this.#failure!;
+      throw new EdgeVitError("backend_failure", this.#failure!.message, { cause: error });
+    }
+    if (this.#disposed) {
+      throw new EdgeVitError("backend_failure", "the WebGPU backend was disposed during a read");
     }
     const out = new Float32Array(staging.getMappedRange(0, bytes).slice(0));
     staging.unmap();
