@@ -203,6 +203,18 @@ export function toFloat32(entry: SafetensorsEntry): Float32Array {
   }
 }
 
+/**
+ * Like {@link toFloat32}, but an aligned F32 entry on a little-endian host is returned
+ * as a view into the file instead of a copy: loading a checkpoint then needs no second
+ * copy of its weights. The view must be treated as read-only (it aliases the file).
+ */
+export function viewFloat32(entry: SafetensorsEntry): Float32Array {
+  if (entry.dtype === "F32" && LITTLE_ENDIAN && entry.bytes.byteOffset % 4 === 0) {
+    return new Float32Array(entry.bytes.buffer, entry.bytes.byteOffset, elementCount(entry));
+  }
+  return toFloat32(entry);
+}
+
 /** Converts an integer entry (I64, I32, I16, I8, U8, BOOL) to an Int32Array (I64 must fit). */
 export function toInt32(entry: SafetensorsEntry): Int32Array {
   const count = elementCount(entry);

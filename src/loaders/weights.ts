@@ -9,7 +9,7 @@
 
 import type { LinearSource } from "../backends/backend.ts";
 import { EdgeVitError } from "../errors.ts";
-import { type SafetensorsEntry, toFloat32 } from "./safetensors.ts";
+import { type SafetensorsEntry, viewFloat32 } from "./safetensors.ts";
 
 /** A host-side float32 tensor. */
 export interface HostTensor {
@@ -38,14 +38,18 @@ export class WeightStore {
     this.#source = source;
   }
 
-  /** Wraps parsed safetensors entries (converted to float32 lazily, on first `get`). */
+  /**
+   * Wraps parsed safetensors entries, converted to float32 lazily on first `get`; aligned
+   * F32 data is a read-only view into the file (no copy), so builders must not write
+   * into the arrays they take.
+   */
   static fromSafetensors(
     entries: Iterable<SafetensorsEntry>,
     source = "checkpoint",
   ): WeightStore {
     const store = new WeightStore(source);
     for (const entry of entries) {
-      store.#entries.set(entry.name, () => ({ shape: entry.shape, data: toFloat32(entry) }));
+      store.#entries.set(entry.name, () => ({ shape: entry.shape, data: viewFloat32(entry) }));
     }
     return store;
   }
