@@ -118,12 +118,20 @@ console.log(
   ].join("\n"),
 );
 
-Deno.bench("NaViT, 8 images padded to 224²", { group: "navit", baseline: true }, async () => {
-  await model.forward(padded, [8, 3, 224, 224]);
-});
-Deno.bench("NaViT, 8 images at their own size, packed", { group: "navit" }, async () => {
-  await model.forwardPacked(images);
-});
+Deno.bench(
+  "NaViT, 8 images padded to 224²",
+  { group: "navit", baseline: true, n: 5, warmup: 1 },
+  async () => {
+    await model.forward(padded, [8, 3, 224, 224]);
+  },
+);
+Deno.bench(
+  "NaViT, 8 images at their own size, packed",
+  { group: "navit", n: 5, warmup: 1 },
+  async () => {
+    await model.forwardPacked(images);
+  },
+);
 
 if (import.meta.main) {
   const rounds = Number(Deno.args[0] ?? 15);

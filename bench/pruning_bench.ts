@@ -92,17 +92,25 @@ lines.push(
 console.log(lines.join("\n"));
 if (plainOut.logits.some((v) => !Number.isFinite(v))) throw new Error("non-finite logits");
 
-Deno.bench("plain ViT, 197 tokens", { group: "pruning", baseline: true }, async () => {
-  await plain.forward(pixels, shape);
-});
+Deno.bench(
+  "plain ViT, 197 tokens",
+  { group: "pruning", baseline: true, n: 20, warmup: 2 },
+  async () => {
+    await plain.forward(pixels, shape);
+  },
+);
 for (const [i, k] of BUDGETS.entries()) {
-  Deno.bench(`ATS, K=${k} from block 4`, { group: "pruning" }, async () => {
+  Deno.bench(`ATS, K=${k} from block 4`, { group: "pruning", n: 20, warmup: 2 }, async () => {
     await ats[i].forward(pixels, shape);
   });
 }
-Deno.bench("PatchMerger after block 6 → 8 tokens", { group: "pruning" }, async () => {
-  await merged.forward(pixels, shape);
-});
+Deno.bench(
+  "PatchMerger after block 6 → 8 tokens",
+  { group: "pruning", n: 20, warmup: 2 },
+  async () => {
+    await merged.forward(pixels, shape);
+  },
+);
 
 if (import.meta.main) {
   await interleavedMedians([
