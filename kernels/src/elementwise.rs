@@ -197,7 +197,7 @@ pub unsafe extern "C" fn softmax_f32(x: *const f32, rows: usize, cols: usize, ou
             let mut mv = f32x4_splat(f32::NEG_INFINITY);
             let mut c = 0;
             while c + 4 <= cols {
-                mv = f32x4_max(mv, load(src.add(c)));
+                mv = f32x4_pmax(mv, load(src.add(c)));
                 c += 4;
             }
             let mut max = hmax(mv);

@@ -62,7 +62,7 @@ pub unsafe extern "C" fn gemm_pack_f32(w: *const f32, n: usize, k: usize, out: *
 
 /// `[Σ v0, Σ v1, Σ v2, Σ v3]`: horizontal sums of four vectors in one.
 #[inline(always)]
-fn reduce4(v0: v128, v1: v128, v2: v128, v3: v128) -> v128 {
+pub(crate) fn reduce4(v0: v128, v1: v128, v2: v128, v3: v128) -> v128 {
     let s01 = f32x4_add(i32x4_shuffle::<0, 4, 1, 5>(v0, v1), i32x4_shuffle::<2, 6, 3, 7>(v0, v1));
     let s23 = f32x4_add(i32x4_shuffle::<0, 4, 1, 5>(v2, v3), i32x4_shuffle::<2, 6, 3, 7>(v2, v3));
     f32x4_add(i32x4_shuffle::<0, 1, 4, 5>(s01, s23), i32x4_shuffle::<2, 3, 6, 7>(s01, s23))
@@ -71,7 +71,7 @@ fn reduce4(v0: v128, v1: v128, v2: v128, v3: v128) -> v128 {
 /// Dot products of `R` rows of A with the 4 columns of one B panel over `k4` steps of 4;
 /// returns one vector of 4 outputs per row.
 #[inline(always)]
-unsafe fn micro<const R: usize>(a: *const f32, lda: usize, b: *const f32, k4: usize) -> [v128; R] {
+pub(crate) unsafe fn micro<const R: usize>(a: *const f32, lda: usize, b: *const f32, k4: usize) -> [v128; R] {
     unsafe {
         let mut acc = [[f32x4_splat(0.0); NR]; R];
         let mut rows = [a; R];

@@ -26,7 +26,8 @@ pub fn exp_v(x: v128) -> v128 {
     let hi = f32x4_splat(88.722_83);
     let underflow = f32x4_lt(x, lo);
     let overflow = f32x4_gt(x, hi);
-    let xc = f32x4_min(f32x4_max(x, lo), hi);
+    // pmin/pmax are single instructions; min/max with NaN rules are five in V8.
+    let xc = f32x4_pmin(f32x4_pmax(x, lo), hi);
     let n = f32x4_nearest(f32x4_mul(xc, f32x4_splat(LOG2E)));
     let r = f32x4_sub(xc, f32x4_mul(n, f32x4_splat(LN2_HI)));
     let r = f32x4_sub(r, f32x4_mul(n, f32x4_splat(LN2_LO)));
@@ -84,7 +85,7 @@ pub fn erf_v(x: v128) -> v128 {
         ps = madd(ps, z2, f32x4_splat(ERF_SMALL[i]));
     }
     let small = f32x4_mul(z, ps);
-    let zc = f32x4_min(z, f32x4_splat(4.0));
+    let zc = f32x4_pmin(z, f32x4_splat(4.0));
     let t = f32x4_div(f32x4_splat(1.0), madd(zc, f32x4_splat(0.5), f32x4_splat(1.0)));
     let mut pl = f32x4_splat(ERFC_LARGE[9]);
     let mut j = 9;
