@@ -11,6 +11,7 @@
  * @module
  */
 
+import process from "node:process";
 import { WasmBackend } from "../src/backends/wasm/wasm_backend.ts";
 import type { KernelFlavour } from "../wasm/kernels.ts";
 import {
@@ -31,8 +32,12 @@ const runs = Number(argument("runs", "7"));
 const flavours = argument("flavours", "relaxed,plain").split(",") as KernelFlavour[];
 const only = argument("only", "");
 
-/** Median and best seconds per call of `run`. */
-function time(run: () => void): { median: number; best: number } {
+/**
+ * Median and best wall seconds per call of `run`, and the median process CPU seconds
+ * per call: on a shared machine the CPU time leaves out the time other jobs held the
+ * core (not their cache and SMT-sibling interference).
+ */
+function time(run: () => void): { median: number; best: number; cpu: number } {
   // Warm-up: let V8 tier the kernels up to TurboFan and the allocator reach steady state.
   let reps = 1;
   const start = performance.now();
@@ -41,13 +46,31 @@ function time(run: () => void): { median: number; best: number } {
   reps = Math.max(1, Math.ceil(200 / Math.max(first, 0.01)));
   for (let i = 0; i < Math.min(reps, 20); i++) run();
   const perCall: number[] = [];
+  const cpuPerCall: number[] = [];
   for (let r = 0; r < runs; r++) {
+    const cpu0 = process.cpuUsage();
     const t0 = performance.now();
     for (let i = 0; i < reps; i++) run();
     perCall.push((performance.now() - t0) / reps / 1000);
+    const cpu = process.cpuUsage(cpu0);
+    cpuPerCall.push((cpu.user + cpu.system) / 1e6 / reps);
   }
   perCall.sort((a, b) => a - b);
-  return { median: perCall[perCall.length >> 1], best: perCall[0] };
+  cpuPerCall.sort((a, b) => a - b);
+  return { median: perCall[perCall.length >> 1], best: perCall[0], cpu: cpuPerCall[runs >> 1] };
+}
+
+const HEADER = `${"".padEnd(34)}GFLOP/s: median  (best)  per-CPU-s   median ms`;
+
+/** One line of the table: GFLOP/s from the median and best wall time and from CPU time. */
+function row(
+  label: string,
+  flops: number,
+  { median, best, cpu }: { median: number; best: number; cpu: number },
+): string {
+  const rate = (seconds: number) => (flops / seconds / 1e9).toFixed(1);
+  return label.padEnd(34) + `${rate(median).padStart(14)}  (${rate(best).padStart(4)})` +
+    `${rate(cpu).padStart(11)}  ${(median * 1e3).toFixed(2).padStart(10)}`;
 }
 
 /** The load average (other jobs on the cores disturb the figures). */
@@ -66,35 +89,26 @@ console.log(
 for (const flavour of flavours) {
   const backend = await WasmBackend.create({ flavour });
   if (only !== "attention") {
-    console.log(`\nGEMM ${flavour}: C[M,N] = A[M,K]·Wᵀ + b, GFLOP/s median (best)`);
+    console.log(`\nGEMM ${flavour}: C[M,N] = A[M,K]·Wᵀ + b`);
+    console.log(HEADER);
     for (const shape of GEMM_SHAPES) {
       const gemm = await prepareGemm(backend, shape);
-      const { median, best } = time(gemm.run);
+      const timing = time(gemm.run);
       gemm.dispose();
-      const flops = gemmFlops(shape);
-      console.log(
-        `${`${shape.model} ${shape.layer}`.padEnd(16)} ${shape.m}×${shape.k}×${shape.n}`.padEnd(
-          34,
-        ) +
-          `${(flops / median / 1e9).toFixed(1).padStart(6)} (${(flops / best / 1e9).toFixed(1)})  ${
-            (median * 1e3).toFixed(2)
-          } ms`,
-      );
+      const label = `${shape.model} ${shape.layer}`.padEnd(16) +
+        ` ${shape.m}×${shape.k}×${shape.n}`;
+      console.log(row(label, gemmFlops(shape), timing));
     }
   }
   if (only !== "gemm") {
-    console.log(`\nattention ${flavour}: fused qkv, online softmax, GFLOP/s median (best)`);
+    console.log(`\nattention ${flavour}: fused qkv, segment mask, online softmax`);
+    console.log(HEADER);
     for (const shape of ATTENTION_SHAPES) {
       const attention = await prepareAttention(backend, shape);
-      const { median, best } = time(attention.run);
+      const timing = time(attention.run);
       attention.dispose();
-      const flops = attentionFlops(shape);
-      console.log(
-        `${shape.name} (${shape.heads}×${shape.headDim})`.padEnd(34) +
-          `${(flops / median / 1e9).toFixed(1).padStart(6)} (${(flops / best / 1e9).toFixed(1)})  ${
-            (median * 1e3).toFixed(2)
-          } ms`,
-      );
+      const label = `${shape.name} (${shape.heads}×${shape.headDim})`;
+      console.log(row(label, attentionFlops(shape), timing));
     }
   }
   backend.dispose();
