@@ -22,7 +22,12 @@ const PYTHON = (() => {
 })();
 
 function python(args: string[]): { code: number; stdout: string; stderr: string } {
-  const out = new Deno.Command(PYTHON, { args, stdout: "piped", stderr: "piped" }).outputSync();
+  const out = new Deno.Command(PYTHON, {
+    args,
+    stdout: "piped",
+    stderr: "piped",
+    env: { PYTHONDONTWRITEBYTECODE: "1" }, // no __pycache__ beside the converter
+  }).outputSync();
   return {
     code: out.code,
     stdout: new TextDecoder().decode(out.stdout),
