@@ -7,11 +7,18 @@
  * To add an architecture, append an {@link ArchitectureEntry} to {@link ARCHITECTURES}:
  *
  * ```ts
- * {
+ * import type { ArchitectureEntry } from "./registry.ts";
+ * import { vitFromVitPytorch } from "../loaders/vit_pytorch.ts";
+ * import { VitModel } from "./vit.ts";
+ * const entry: ArchitectureEntry = {
  *   library: "vit-pytorch",
- *   name: "NaViT",
- *   build: ({ checkpoint, weights, backend, precision }) => NaVit.create(...),
- * }
+ *   name: "MyViT",
+ *   build: ({ checkpoint, weights, backend, precision }) => {
+ *     const { config, weights: vit } = vitFromVitPytorch(checkpoint.config, weights);
+ *     return VitModel.create(backend, config, vit, { precision });
+ *   },
+ * };
+ * console.log(entry.name); // "MyViT"
  * ```
  *
  * `build` takes the tensors it needs from `weights` (a {@link WeightStore} that checks
