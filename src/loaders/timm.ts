@@ -15,15 +15,13 @@
 import { EdgeVitError } from "../errors.ts";
 import {
   type BlockWeights,
-  convToPatchLinear,
-  foldLayerScale,
   type LinearParams,
   patchCount,
-  scaleLinear,
   type VitConfig,
   type VitWeights,
 } from "../models/vit.ts";
 import { ConfigReader, type JsonObject } from "./config.ts";
+import { foldLayerScaleParams, patchLinearFromConv, scaleLinearParams } from "./quantized.ts";
 import type { WeightStore } from "./weights.ts";
 
 /** timm's ViT LayerNorm epsilon (`partial(nn.LayerNorm, eps=1e-6)`). */
@@ -192,9 +190,7 @@ export function vitFromTimm(
     ? args.int("num_classes")
     : pretrained.has("num_classes")
     ? pretrained.int("num_classes")
-    : store.has(`${headName}.weight`)
-    ? store.get(`${headName}.weight`).shape[0]
-    : 0;
+    : store.shapeOf(`${headName}.weight`)?.[0] ?? 0;
   if (numClasses <= 0) {
     throw new EdgeVitError("invalid_config", `${source}: the number of classes is unknown`);
   }
@@ -224,8 +220,12 @@ export function vitFromTimm(
   };
   const prefix = (classToken ? 1 : 0) + (name.distilled ? 1 : 0);
   const patches = patchCount(config);
-  const conv = store.get("patch_embed.proj.weight", [dim, channels, patchHeight, patchWidth]).data;
-  const patchDim = channels * patchHeight * patchWidth;
+  const conv = store.linearWeight("patch_embed.proj.weight", [
+    dim,
+    channels,
+    patchHeight,
+    patchWidth,
+  ]);
   const tokens = new Float32Array(prefix * dim);
   if (classToken) tokens.set(store.getSqueezed("cls_token", [1, dim]).data);
   if (name.distilled) tokens.set(store.getSqueezed("dist_token", [1, dim]).data, dim);
@@ -237,11 +237,11 @@ export function vitFromTimm(
   const width = dim;
   const blocks: BlockWeights[] = Array.from({ length: config.depth }, (_, i) => {
     const b = `blocks.${i}`;
-    let proj = store.linear(`${b}.attn.proj`, dim, width);
-    let fc2 = store.linear(`${b}.mlp.fc2`, dim, config.mlpDim);
+    let proj: LinearParams = store.linear(`${b}.attn.proj`, dim, width);
+    let fc2: LinearParams = store.linear(`${b}.mlp.fc2`, dim, config.mlpDim);
     if (layerScale) {
-      proj = foldLayerScale(proj, store.get(`${b}.ls1.gamma`, [dim]).data);
-      fc2 = foldLayerScale(fc2, store.get(`${b}.ls2.gamma`, [dim]).data);
+      proj = foldLayerScaleParams(proj, store.get(`${b}.ls1.gamma`, [dim]).data);
+      fc2 = foldLayerScaleParams(fc2, store.get(`${b}.ls2.gamma`, [dim]).data);
     }
     return {
       norm1: store.layerNorm(`${b}.norm1`, dim),
@@ -254,19 +254,21 @@ export function vitFromTimm(
   });
   const headWeights: LinearParams[] = name.distilled
     ? [
-      scaleLinear(store.linear("head", numClasses, dim), 0.5),
-      scaleLinear(store.linear("head_dist", numClasses, dim), 0.5),
+      scaleLinearParams(store.linear("head", numClasses, dim), 0.5),
+      scaleLinearParams(store.linear("head_dist", numClasses, dim), 0.5),
     ]
     : [store.linear("head", numClasses, dim)];
   const weights: VitWeights = {
     patchEmbedding: {
       inputNorm: null,
-      linear: {
-        weight: convToPatchLinear(conv, dim, channels, patchHeight, patchWidth),
-        bias: store.get("patch_embed.proj.bias", [dim]).data,
-        outFeatures: dim,
-        inFeatures: patchDim,
-      },
+      linear: patchLinearFromConv(
+        conv,
+        store.get("patch_embed.proj.bias", [dim]).data,
+        dim,
+        channels,
+        patchHeight,
+        patchWidth,
+      ),
       outputNorm: null,
     },
     prefixTokens: prefix > 0 ? tokens : null,

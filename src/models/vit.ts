@@ -1048,48 +1048,109 @@ export function checkVitWeights(config: VitConfig, weights: VitWeights, source =
 
 // ─── Helpers for loaders ────────────────────────────────────────────────────────────
 
-/** Concatenates q, k, v linears (HF's separate projections) into one fused qkv. */
-export function fuseQkv(q: LinearSource, k: LinearSource, v: LinearSource): LinearSource {
+/** Whether a linear layer is already int8 (a quantized checkpoint). */
+export function isQuantizedLinear(params: LinearParams): params is QuantizedLinearSource {
+  return params.weight instanceof Int8Array;
+}
+
+/** A float32 copy of a linear layer (int8 weights times their per-channel scales). */
+export function dequantizeLinear(params: LinearParams): LinearSource {
+  if (!isQuantizedLinear(params)) return params;
+  const { outFeatures, inFeatures } = params;
+  const weight = new Float32Array(outFeatures * inFeatures);
+  for (let o = 0; o < outFeatures; o++) {
+    for (let i = 0; i < inFeatures; i++) {
+      weight[o * inFeatures + i] = params.weight[o * inFeatures + i] * params.scales[o];
+    }
+  }
+  return { weight, bias: params.bias, outFeatures, inFeatures };
+}
+
+function concatBias(parts: readonly LinearParams[], rows: number): Float32Array | null {
+  if (!parts.some((part) => part.bias)) return null;
+  const bias = new Float32Array(rows);
+  let at = 0;
+  for (const part of parts) {
+    if (part.bias) bias.set(part.bias, at);
+    at += part.outFeatures;
+  }
+  return bias;
+}
+
+/**
+ * Concatenates q, k, v linears (HF's separate projections) into one fused qkv. Int8
+ * layers stay int8 (per-output-channel scales concatenate too).
+ */
+export function fuseQkv(q: LinearParams, k: LinearParams, v: LinearParams): LinearParams {
+  const parts = [q, k, v];
   const rows = q.outFeatures + k.outFeatures + v.outFeatures;
+  const bias = concatBias(parts, rows);
+  if (parts.every(isQuantizedLinear)) {
+    const weight = new Int8Array(rows * q.inFeatures);
+    const scales = new Float32Array(rows);
+    let at = 0;
+    for (const part of parts as QuantizedLinearSource[]) {
+      weight.set(part.weight, at * q.inFeatures);
+      scales.set(part.scales, at);
+      at += part.outFeatures;
+    }
+    return { weight, scales, bias, outFeatures: rows, inFeatures: q.inFeatures };
+  }
+  const floats = parts.map(dequantizeLinear);
   const weight = new Float32Array(rows * q.inFeatures);
-  weight.set(q.weight, 0);
-  weight.set(k.weight, q.weight.length);
-  weight.set(v.weight, q.weight.length + k.weight.length);
-  let bias: Float32Array | null = null;
-  if (q.bias || k.bias || v.bias) {
-    bias = new Float32Array(rows);
-    if (q.bias) bias.set(q.bias, 0);
-    if (k.bias) bias.set(k.bias, q.outFeatures);
-    if (v.bias) bias.set(v.bias, q.outFeatures + k.outFeatures);
+  let offset = 0;
+  for (const part of floats) {
+    weight.set(part.weight, offset);
+    offset += part.weight.length;
   }
   return { weight, bias, outFeatures: rows, inFeatures: q.inFeatures };
 }
 
+/**
+ * Multiplies each output channel of a linear layer by `factors[o]` (a number applies to
+ * all): `γ ⊙ (x·Wᵀ + b)` = `x·(γ⊙W)ᵀ + γ⊙b`. Exact for powers of two such as ½.
+ * An int8 layer keeps its int8 weights: only scales (and signs) change.
+ */
+export function scaleOutputs(params: LinearParams, factors: number | Float32Array): LinearParams {
+  const { outFeatures, inFeatures } = params;
+  const factor = (o: number) => typeof factors === "number" ? factors : factors[o];
+  const bias = new Float32Array(outFeatures);
+  for (let o = 0; o < outFeatures; o++) bias[o] = (params.bias ? params.bias[o] : 0) * factor(o);
+  const keepBias = params.bias !== null || typeof factors !== "number";
+  if (isQuantizedLinear(params)) {
+    // Negative factors flip the int8 row, so scales stay positive (symmetric range ±127).
+    const weight = new Int8Array(params.weight);
+    const scales = new Float32Array(outFeatures);
+    for (let o = 0; o < outFeatures; o++) {
+      const f = factor(o);
+      scales[o] = params.scales[o] * Math.abs(f);
+      if (f < 0) {
+        for (let i = 0; i < inFeatures; i++) weight[o * inFeatures + i] *= -1;
+      }
+    }
+    return { weight, scales, bias: keepBias ? bias : null, outFeatures, inFeatures };
+  }
+  const weight = new Float32Array(params.weight.length);
+  for (let o = 0; o < outFeatures; o++) {
+    const f = factor(o);
+    for (let i = 0; i < inFeatures; i++) {
+      weight[o * inFeatures + i] = params.weight[o * inFeatures + i] * f;
+    }
+  }
+  return { weight, bias: keepBias ? bias : null, outFeatures, inFeatures };
+}
+
 /** Multiplies a linear layer by a constant (exact for powers of two such as ½). */
-export function scaleLinear(source: LinearSource, factor: number): LinearSource {
-  return {
-    weight: source.weight.map((value) => value * factor),
-    bias: source.bias ? source.bias.map((value) => value * factor) : null,
-    outFeatures: source.outFeatures,
-    inFeatures: source.inFeatures,
-  };
+export function scaleLinear(params: LinearParams, factor: number): LinearParams {
+  return scaleOutputs(params, factor);
 }
 
 /**
  * Folds a per-channel layer scale (timm `ls1.gamma`, `ls2.gamma`) into the linear layer
- * it follows: `γ ⊙ (x·Wᵀ + b)` = `x·(γ⊙W)ᵀ + γ⊙b`.
+ * it follows.
  */
-export function foldLayerScale(source: LinearSource, gamma: Float32Array): LinearSource {
-  const { outFeatures, inFeatures } = source;
-  const weight = new Float32Array(source.weight.length);
-  for (let o = 0; o < outFeatures; o++) {
-    for (let i = 0; i < inFeatures; i++) {
-      weight[o * inFeatures + i] = source.weight[o * inFeatures + i] * gamma[o];
-    }
-  }
-  const bias = new Float32Array(outFeatures);
-  for (let o = 0; o < outFeatures; o++) bias[o] = (source.bias ? source.bias[o] : 0) * gamma[o];
-  return { weight, bias, outFeatures, inFeatures };
+export function foldLayerScale(params: LinearParams, gamma: Float32Array): LinearParams {
+  return scaleOutputs(params, gamma);
 }
 
 /** Adds `[prefix, dim]` positions to the prefix tokens (rows of one array). */

@@ -2,11 +2,16 @@ import assert from "node:assert/strict";
 import { ReferenceBackend } from "../../src/backends/reference/reference_backend.ts";
 import { EdgeVitError } from "../../src/errors.ts";
 import { sincos2dPositions } from "../../src/models/simple_vit.ts";
+import { quantizePerChannel } from "../../src/backends/reference/reference_backend.ts";
 import {
   convToPatchLinear,
+  dequantizeLinear,
   type EncoderHooks,
+  foldLayerScale,
+  fuseQkv,
   patchify,
   randomVitWeights,
+  scaleLinear,
   seededRandom,
   type VitConfig,
   VitModel,
@@ -299,4 +304,33 @@ Deno.test("sin-cos positions follow vit-pytorch's posemb_sincos_2d layout", () =
   ];
   row.forEach((value, i) => assert.ok(Math.abs(value - expected[i]) < 1e-6, `column ${i}`));
   assert.throws(() => sincos2dPositions(2, 2, 6), EdgeVitError);
+});
+
+Deno.test("qkv fusion, head halving and layer-scale folding keep int8 layers int8 and exact", () => {
+  const random = seededRandom(17);
+  const linear = (out: number) => ({
+    weight: Float32Array.from({ length: out * 6 }, () => random() - 0.5),
+    bias: Float32Array.from({ length: out }, () => random() - 0.5),
+    outFeatures: out,
+    inFeatures: 6,
+  });
+  const [q, k, v] = [linear(4), linear(4), linear(4)];
+  const gamma = Float32Array.from([0.5, -2, 1.5, -0.25]);
+  const float = [fuseQkv(q, k, v), scaleLinear(q, 0.5), foldLayerScale(q, gamma)];
+  const int8 = [
+    fuseQkv(quantizePerChannel(q), quantizePerChannel(k), quantizePerChannel(v)),
+    scaleLinear(quantizePerChannel(q), 0.5),
+    foldLayerScale(quantizePerChannel(q), gamma),
+  ];
+  int8.forEach((params, n) => {
+    assert.ok(params.weight instanceof Int8Array, `case ${n} stays int8`);
+    assert.ok((params as { scales: Float32Array }).scales.every((s) => s > 0));
+    const exact = dequantizeLinear(params);
+    const reference = float[n];
+    assert.deepEqual(Array.from(exact.bias!), Array.from(reference.bias!));
+    // int8 rounding: within half a quantization step of the float weights
+    exact.weight.forEach((w, i) =>
+      assert.ok(Math.abs(w - reference.weight[i]) < 0.05, `${n}:${i}`)
+    );
+  });
 });
