@@ -50,6 +50,30 @@ export interface KernelExports {
     gelu: number,
     scratch: number,
   ): void;
+  gemm_packed_len_int8(n: number, k: number): number;
+  gemm_scratch_len_int8(m: number, k: number): number;
+  gemm_pack_int8(w: number, n: number, k: number, out: number, rowSums: number): void;
+  quantize_rows_u7(
+    x: number,
+    m: number,
+    k: number,
+    out: number,
+    scales: number,
+    zeros: number,
+  ): void;
+  gemm_int8(
+    a: number,
+    m: number,
+    k: number,
+    packed: number,
+    rowSums: number,
+    wScales: number,
+    n: number,
+    bias: number,
+    c: number,
+    gelu: number,
+    scratch: number,
+  ): void;
   attention_scratch_len_f32(keys: number, headDim: number): number;
   attention_f32(
     q: number,
@@ -361,6 +385,11 @@ export class Kernels {
   /** A fresh int32 view of `length` ints at `ptr`. */
   i32(ptr: number, length: number): Int32Array {
     return new Int32Array(this.#memory.buffer, ptr, length);
+  }
+
+  /** A fresh uint8 view of `length` bytes at `ptr`. */
+  u8(ptr: number, length: number): Uint8Array {
+    return new Uint8Array(this.#memory.buffer, ptr, length);
   }
 
   /** A fresh int8 view of `length` bytes at `ptr`. */

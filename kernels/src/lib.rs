@@ -9,6 +9,7 @@
 mod attention;
 mod elementwise;
 mod gemm;
+mod int8;
 mod math;
 mod simd;
 

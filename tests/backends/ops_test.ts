@@ -156,22 +156,45 @@ for (const { name, create } of BACKENDS) {
     }
   });
 
-  Deno.test(`${name}: int8 linear layers give the reference's numbers`, async () => {
+  Deno.test(`${name}: int8 linear layers stay within quantization error of the reference`, async () => {
+    // Backends may quantize activations too (the wasm one does, per row, to 7 bits), so
+    // int8 results are held to the size of that rounding, not to float precision.
     const b = await backend();
-    const [rows, inFeatures, outFeatures] = [33, 48, 20];
-    const source = {
-      weight: random(outFeatures * inFeatures, 11),
-      bias: random(outFeatures, 12),
-      outFeatures,
-      inFeatures,
-    };
-    const w = b.prepareLinear(source, { precision: "int8" });
-    assert.equal(w.precision, "int8");
-    const wr = reference.prepareLinear(source, { precision: "int8" });
-    const [x, xr] = pair(b, random(rows * inFeatures, 13), [rows, inFeatures]);
-    await assertMatches(b, b.linear(x, w), reference.linear(xr, wr), "int8 linear", 0.02, 0.02);
-    b.release(x);
-    b.releaseLinear(w);
+    for (const [rows, inFeatures, outFeatures] of [[1, 5, 3], [33, 48, 20], [197, 77, 13]]) {
+      const source = {
+        weight: random(outFeatures * inFeatures, 11 + rows),
+        bias: random(outFeatures, 12),
+        outFeatures,
+        inFeatures,
+      };
+      const w = b.prepareLinear(source, { precision: "int8" });
+      assert.equal(w.precision, "int8");
+      const wr = reference.prepareLinear(source, { precision: "int8" });
+      const [x, xr] = pair(b, random(rows * inFeatures, 13 + rows), [rows, inFeatures]);
+      for (const activation of ["none", "gelu"] as Activation[]) {
+        const y = b.linear(x, w, activation);
+        const got = await b.read(y);
+        const want = await reference.read(reference.linear(xr, wr, activation));
+        b.release(y);
+        let dot = 0;
+        let gotNorm = 0;
+        let wantNorm = 0;
+        let worst = 0;
+        let peak = 0;
+        for (let i = 0; i < want.length; i++) {
+          dot += got[i] * want[i];
+          gotNorm += got[i] ** 2;
+          wantNorm += want[i] ** 2;
+          worst = Math.max(worst, Math.abs(got[i] - want[i]));
+          peak = Math.max(peak, Math.abs(want[i]));
+        }
+        const what = `int8 ${rows}×${inFeatures}→${outFeatures} ${activation}`;
+        assert.ok(dot / Math.sqrt(gotNorm * wantNorm) >= 0.999, `${what}: cosine`);
+        assert.ok(worst <= 0.05 * peak, `${what}: error ${worst} of peak ${peak}`);
+      }
+      b.release(x);
+      b.releaseLinear(w);
+    }
   });
 
   Deno.test(`${name}: layerNorm with and without beta`, async () => {

@@ -9,6 +9,7 @@ import { ShapeError } from "../../src/backends/backend.ts";
 import { ReferenceBackend } from "../../src/backends/reference/reference_backend.ts";
 import { WasmBackend } from "../../src/backends/wasm/wasm_backend.ts";
 import { EdgeVitError } from "../../src/errors.ts";
+import { gemmInt8Reference, quantizeRowsU7 } from "../../src/backends/wasm/int8.ts";
 import { KERNEL_FILES, Kernels, relaxedSimdSupported } from "../../wasm/kernels.ts";
 
 /** erf in float64 to ~1e-15: Taylor series near 0, continued fraction for erfc beyond. */
@@ -43,6 +44,89 @@ Deno.test("the float64 erf used as ground truth agrees with known values", () =>
   assert.ok(Math.abs(erf64(1) - 0.8427007929497149) < 1e-15);
   assert.ok(Math.abs(erf64(-2) + 0.9953222650189527) < 1e-15);
   assert.ok(Math.abs(erf64(3) - 0.9999779095030014) < 1e-15);
+});
+
+/** Deterministic values in [-scale, scale), with a few exact zeros and outliers. */
+function values(count: number, seed: number, scale = 1): Float32Array {
+  let state = (seed * 2654435761) >>> 0 || 1;
+  return Float32Array.from({ length: count }, (_, i) => {
+    state ^= state << 13;
+    state ^= state >>> 17;
+    state ^= state << 5;
+    const v = ((state >>> 0) / 2 ** 32 * 2 - 1) * scale;
+    return i % 17 === 3 ? 0 : i % 29 === 7 ? v * 9 : v;
+  });
+}
+
+Deno.test("activation quantization to 7 bits is bit-exact with the TypeScript reference", async () => {
+  for (const flavour of ["relaxed", "plain"] as const) {
+    const kernels = await Kernels.load({ flavour });
+    for (const [m, k] of [[1, 1], [3, 5], [7, 16], [33, 77], [5, 192]]) {
+      const x = values(m * k, m * 100 + k, 3);
+      // Rows of all zeros, all positive and all negative values take special paths.
+      x.fill(0, 0, k);
+      if (m > 2) x.subarray(k, 2 * k).forEach((v, i, row) => (row[i] = Math.abs(v) + 0.5));
+      if (m > 2) x.subarray(2 * k, 3 * k).forEach((v, i, row) => (row[i] = -Math.abs(v)));
+      if (m > 3) {
+        // Range [0, 127] gives scale 1: x.5 values are ties, rounded half to even.
+        x.subarray(3 * k, 4 * k).forEach((_, i, row) => (row[i] = i === 0 ? 127 : (i % 9) + 0.5));
+      }
+      const k16 = Math.ceil(k / 16) * 16;
+      const input = kernels.alloc(x.length * 4);
+      const out = kernels.alloc(m * k16);
+      const scales = kernels.alloc(m * 4);
+      const zeros = kernels.alloc(m * 4);
+      kernels.f32(input, x.length).set(x);
+      kernels.exports.quantize_rows_u7(input, m, k, out, scales, zeros);
+      const want = quantizeRowsU7(x, m, k);
+      const bytes = kernels.u8(out, m * k16);
+      const got = Uint8Array.from(
+        { length: m * k },
+        (_, i) => bytes[Math.floor(i / k) * k16 + i % k],
+      );
+      assert.deepEqual(got, want.values, `${flavour} ${m}×${k} values`);
+      assert.deepEqual(kernels.f32(scales, m).slice(), want.scales, `${flavour} ${m}×${k} scales`);
+      assert.deepEqual(kernels.i32(zeros, m).slice(), want.zeros, `${flavour} ${m}×${k} zeros`);
+      for (const v of want.values) assert.ok(v <= 127);
+      for (const ptr of [input, out, scales, zeros]) kernels.free(ptr);
+    }
+  }
+});
+
+Deno.test("the int8 GEMM is bit-exact with the TypeScript reference in both builds", async () => {
+  for (const flavour of ["relaxed", "plain"] as const) {
+    const backend = await WasmBackend.create({ flavour });
+    for (
+      const [m, k, n] of [[1, 1, 1], [7, 5, 3], [33, 16, 8], [2, 33, 9], [197, 77, 13], [
+        6,
+        768,
+        20,
+      ]]
+    ) {
+      for (const withBias of [true, false]) {
+        const weight = Int8Array.from(values(n * k, n + k, 127), (v) => Math.round(v) | 0)
+          .map((v) => Math.max(-127, Math.min(127, v)));
+        const scales = values(n, k, 0.02).map((s) => Math.abs(s) + 1e-3);
+        const bias = withBias ? values(n, n + 1) : null;
+        const x = values(m * k, m * 7 + k, 2);
+        const w = backend.prepareQuantizedLinear({
+          weight,
+          scales,
+          bias,
+          outFeatures: n,
+          inFeatures: k,
+        });
+        const input = backend.upload(x, [m, k]);
+        const y = backend.linear(input, w);
+        const got = await backend.read(y);
+        const want = gemmInt8Reference(x, m, k, weight, scales, bias);
+        assert.deepEqual(got, want, `${flavour} ${m}×${k}×${n} bias=${withBias}`);
+        backend.release(y);
+        backend.release(input);
+        backend.releaseLinear(w);
+      }
+    }
+  }
 });
 
 Deno.test("the relaxed build is picked where the engine validates relaxed SIMD", async () => {

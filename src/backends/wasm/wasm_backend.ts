@@ -52,13 +52,19 @@ class WasmLinear implements LinearWeights {
   released = false;
   constructor(
     readonly owner: WasmBackend,
-    /** Packed `[N/4][K/4][4][4]` panels (see kernels/src/gemm.rs). */
+    /**
+     * f32: packed `[N/4][K/4][4][4]` floats (kernels/src/gemm.rs); int8: packed
+     * `[N/4][K/16][4][16]` bytes (kernels/src/int8.rs).
+     */
     readonly packed: number,
-    /** `[outFeatures]`, or 0 for no bias. */
+    /** `[outFeatures]` padded to a multiple of 4, or 0 for no bias. */
     readonly bias: number,
     readonly outFeatures: number,
     readonly inFeatures: number,
     readonly precision: Precision,
+    /** int8 only: per-channel weight sums (i32) and scales (f32), padded to 4. */
+    readonly rowSums = 0,
+    readonly scales = 0,
   ) {}
 }
 
@@ -139,21 +145,40 @@ export class WasmBackend implements Backend {
     return this.#pack(source.weight, source.bias, source.outFeatures, source.inFeatures, "f32");
   }
 
+  /**
+   * Packs int8 weights for the int8 GEMM: activations are then quantized per row at
+   * every call (unsigned 7-bit with a zero point, see kernels/src/int8.rs), so results
+   * differ from float32 by the activation rounding (≈1% of a row's range per element).
+   */
   prepareQuantizedLinear(source: QuantizedLinearSource): LinearWeights {
     checkLinearSource(source);
     const { outFeatures, inFeatures } = source;
     if (source.scales.length !== outFeatures) {
       throw new ShapeError(`int8 linear has ${source.scales.length} scales for ${outFeatures}`);
     }
-    // Dequantized to float32 for the float GEMM: same numbers as the reference backend.
-    const weight = new Float32Array(outFeatures * inFeatures);
-    for (let n = 0; n < outFeatures; n++) {
-      const scale = source.scales[n];
-      for (let k = 0; k < inFeatures; k++) {
-        weight[n * inFeatures + k] = source.weight[n * inFeatures + k] * scale;
-      }
-    }
-    return this.#pack(weight, source.bias, outFeatures, inFeatures, "int8");
+    if (this.#disposed) throw new EdgeVitError("backend_failure", "the wasm backend is disposed");
+    const kernels = this.kernels;
+    const e = kernels.exports;
+    const padded = Math.ceil(outFeatures / 4) * 4;
+    const packed = kernels.alloc(e.gemm_packed_len_int8(outFeatures, inFeatures));
+    const rowSums = kernels.alloc(padded * 4);
+    const scales = kernels.alloc(padded * F32);
+    const weight = kernels.alloc(source.weight.length);
+    kernels.i8(weight, source.weight.length).set(source.weight);
+    e.gemm_pack_int8(weight, outFeatures, inFeatures, packed, rowSums);
+    kernels.free(weight);
+    kernels.f32(scales, outFeatures).set(source.scales);
+    const bias = source.bias ? this.#bias(source.bias) : 0;
+    return new WasmLinear(
+      this,
+      packed,
+      bias,
+      outFeatures,
+      inFeatures,
+      "int8",
+      rowSums,
+      scales,
+    );
   }
 
   releaseLinear(weights: LinearWeights): void {
@@ -161,8 +186,9 @@ export class WasmBackend implements Backend {
     const own = this.#linear(weights, true);
     if (own.released) return;
     own.released = true;
-    this.kernels.free(own.packed);
-    if (own.bias) this.kernels.free(own.bias);
+    for (const ptr of [own.packed, own.bias, own.rowSums, own.scales]) {
+      if (ptr) this.kernels.free(ptr);
+    }
   }
 
   linear(x: Tensor, weights: LinearWeights, activation: Activation = "none"): Tensor {
@@ -178,6 +204,23 @@ export class WasmBackend implements Backend {
     const n = w.outFeatures;
     const out = this.#alloc([rows, n]);
     const e = this.kernels.exports;
+    if (w.precision === "int8") {
+      const scratch = this.kernels.scratch("gemm_int8", e.gemm_scratch_len_int8(rows, cols));
+      e.gemm_int8(
+        input.ptr,
+        rows,
+        cols,
+        w.packed,
+        w.rowSums,
+        w.scales,
+        n,
+        w.bias,
+        out.ptr,
+        activation === "gelu" ? 1 : 0,
+        scratch,
+      );
+      return out;
+    }
     const scratchLen = e.gemm_scratch_len_f32(rows, cols);
     const scratch = scratchLen ? this.kernels.scratch("gemm", scratchLen * F32) : 0;
     e.gemm_f32(
@@ -409,7 +452,7 @@ export class WasmBackend implements Backend {
     bias: Float32Array | null,
     outFeatures: number,
     inFeatures: number,
-    precision: Precision,
+    precision: "f32",
   ): WasmLinear {
     if (this.#disposed) throw new EdgeVitError("backend_failure", "the wasm backend is disposed");
     const kernels = this.kernels;
@@ -419,13 +462,15 @@ export class WasmBackend implements Backend {
     kernels.f32(source, weight.length).set(weight);
     e.gemm_pack_f32(source, outFeatures, inFeatures, packed);
     kernels.free(source);
-    let biasPtr = 0;
-    if (bias) {
-      // Padded to whole vectors: the GEMM reads bias 4 columns at a time.
-      biasPtr = kernels.alloc(Math.ceil(outFeatures / 4) * 4 * F32);
-      kernels.f32(biasPtr, outFeatures).set(bias);
-    }
+    const biasPtr = bias ? this.#bias(bias) : 0;
     return new WasmLinear(this, packed, biasPtr, outFeatures, inFeatures, precision);
+  }
+
+  /** Bias padded to whole vectors: the GEMMs read it 4 columns at a time. */
+  #bias(bias: Float32Array): number {
+    const ptr = this.kernels.alloc(Math.ceil(bias.length / 4) * 4 * F32);
+    this.kernels.f32(ptr, bias.length).set(bias);
+    return ptr;
   }
 
   #check(tensor: Tensor): WasmTensor {
