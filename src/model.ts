@@ -20,6 +20,7 @@ import type { Background } from "./image/color.ts";
 import { preprocess, preprocessNative } from "./image/preprocess.ts";
 import type { CheckpointLibrary, JsonObject } from "./loaders/config.ts";
 import { checkpointLabels, type ImagePipeline, imagePipelineFor } from "./loaders/preprocess.ts";
+import { isQuantizedCheckpoint } from "./loaders/quantized.ts";
 import { type ModelSource, readCheckpoint, type SourceOptions } from "./loaders/source.ts";
 import type { AtsSettings } from "./models/ats_vit.ts";
 import { buildArchitecture, requireArchitecture } from "./models/registry.ts";
@@ -50,7 +51,11 @@ export interface LoadModelOptions extends SourceOptions {
   backend?: BackendChoice | "ort";
   /** onnxruntime knobs for `backend: "ort"` (execution provider, threads, config). */
   ort?: OrtOptions;
-  /** `"f32"` (default) or `"int8"` (weights quantized per output channel at load). */
+  /**
+   * `"f32"` (default) or `"int8"` (weights quantized per output channel at load). A
+   * checkpoint saved int8 (`deno task quantize`, see `src/loaders/quantized.ts`) always
+   * runs at `"int8"`: it holds no float weights.
+   */
   precision?: Precision;
   /** Class names, overriding the checkpoint's. */
   labels?: readonly string[];
@@ -362,6 +367,7 @@ export async function loadModel(
   const loaded = await readCheckpoint(source as ModelSource, options);
   const { checkpoint, weights } = loaded;
   const entry = requireArchitecture(checkpoint);
+  const int8Checkpoint = isQuantizedCheckpoint(checkpoint.config, weights, checkpoint.source);
   // "ort" never gets here: wantsOrt took it above.
   const choice = (options.backend ?? "auto") as BackendChoice;
   const { backend, owned } = await resolveBackend(choice, options.log);
@@ -371,7 +377,7 @@ export async function loadModel(
       checkpoint,
       weights,
       backend,
-      precision,
+      precision: int8Checkpoint ? "int8" : precision,
       ats: options.ats,
     });
   } catch (error) {

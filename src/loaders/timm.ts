@@ -15,13 +15,15 @@
 import { EdgeVitError } from "../errors.ts";
 import {
   type BlockWeights,
+  foldLayerScale,
   type LinearParams,
   patchCount,
+  scaleLinear,
   type VitConfig,
   type VitWeights,
 } from "../models/vit.ts";
 import { ConfigReader, type JsonObject } from "./config.ts";
-import { foldLayerScaleParams, patchLinearFromConv, scaleLinearParams } from "./quantized.ts";
+import { patchLinearFromConv } from "./quantized.ts";
 import type { WeightStore } from "./weights.ts";
 
 /** timm's ViT LayerNorm epsilon (`partial(nn.LayerNorm, eps=1e-6)`). */
@@ -240,8 +242,8 @@ export function vitFromTimm(
     let proj: LinearParams = store.linear(`${b}.attn.proj`, dim, width);
     let fc2: LinearParams = store.linear(`${b}.mlp.fc2`, dim, config.mlpDim);
     if (layerScale) {
-      proj = foldLayerScaleParams(proj, store.get(`${b}.ls1.gamma`, [dim]).data);
-      fc2 = foldLayerScaleParams(fc2, store.get(`${b}.ls2.gamma`, [dim]).data);
+      proj = foldLayerScale(proj, store.get(`${b}.ls1.gamma`, [dim]).data);
+      fc2 = foldLayerScale(fc2, store.get(`${b}.ls2.gamma`, [dim]).data);
     }
     return {
       norm1: store.layerNorm(`${b}.norm1`, dim),
@@ -254,8 +256,8 @@ export function vitFromTimm(
   });
   const headWeights: LinearParams[] = name.distilled
     ? [
-      scaleLinearParams(store.linear("head", numClasses, dim), 0.5),
-      scaleLinearParams(store.linear("head_dist", numClasses, dim), 0.5),
+      scaleLinear(store.linear("head", numClasses, dim), 0.5),
+      scaleLinear(store.linear("head_dist", numClasses, dim), 0.5),
     ]
     : [store.linear("head", numClasses, dim)];
   const weights: VitWeights = {

@@ -8,12 +8,10 @@
  * @module
  */
 
-import type { LinearSource } from "../backends/backend.ts";
 import { EdgeVitError } from "../errors.ts";
 import {
   addRows,
   type BlockWeights,
-  convToPatchLinear,
   fuseQkv,
   patchCount,
   scaleLinear,
@@ -21,6 +19,7 @@ import {
   type VitWeights,
 } from "../models/vit.ts";
 import { ConfigReader, type JsonObject, readLabels } from "./config.ts";
+import { patchLinearFromConv } from "./quantized.ts";
 import type { WeightStore } from "./weights.ts";
 
 /** The HF classes this loader maps, with the weight prefix and head layout of each. */
@@ -94,8 +93,7 @@ export function vitFromTransformers(
   const [patchHeight, patchWidth] = reader.pair("patch_size", 16);
   const p = kind.prefix;
   const headName = kind.teacher ? "cls_classifier" : "classifier";
-  const numClasses = declaredClasses(reader) ??
-    (store.has(`${headName}.weight`) ? store.get(`${headName}.weight`).shape[0] : 0);
+  const numClasses = declaredClasses(reader) ?? store.shapeOf(`${headName}.weight`)?.[0] ?? 0;
   const qkvBias = reader.bool("qkv_bias", true);
   const config: VitConfig = {
     imageHeight,
@@ -127,18 +125,20 @@ export function vitFromTransformers(
   const prefix = kind.distillation ? 2 : 1;
   const patches = patchCount(config);
   const { channels } = config;
-  const conv = store.get(`${p}.embeddings.patch_embeddings.projection.weight`, [
+  const conv = store.linearWeight(`${p}.embeddings.patch_embeddings.projection.weight`, [
     dim,
     channels,
     patchHeight,
     patchWidth,
-  ]).data;
-  const patchLinear: LinearSource = {
-    weight: convToPatchLinear(conv, dim, channels, patchHeight, patchWidth),
-    bias: store.get(`${p}.embeddings.patch_embeddings.projection.bias`, [dim]).data,
-    outFeatures: dim,
-    inFeatures: channels * patchHeight * patchWidth,
-  };
+  ]);
+  const patchLinear = patchLinearFromConv(
+    conv,
+    store.get(`${p}.embeddings.patch_embeddings.projection.bias`, [dim]).data,
+    dim,
+    channels,
+    patchHeight,
+    patchWidth,
+  );
   const cls = store.getSqueezed(`${p}.embeddings.cls_token`, [1, dim]).data;
   const tokens = new Float32Array(prefix * dim);
   tokens.set(cls);

@@ -7,7 +7,7 @@
  * @module
  */
 
-import type { LinearSource } from "../backends/backend.ts";
+import type { LinearSource, QuantizedLinearSource } from "../backends/backend.ts";
 import { EdgeVitError } from "../errors.ts";
 import { type SafetensorsEntry, viewFloat32 } from "./safetensors.ts";
 
@@ -16,6 +16,29 @@ export interface HostTensor {
   readonly shape: readonly number[];
   readonly data: Float32Array;
 }
+
+/**
+ * A linear layer's weight as an int8 checkpoint stores it (see `quantized.ts`): symmetric
+ * int8 with one scale per output channel, i.e. per index of the first axis.
+ */
+export interface QuantizedHostTensor {
+  /** `[out, ...]`: a linear `[out, in]`, or a conv patch embedding `[out, c, ph, pw]`. */
+  readonly shape: readonly number[];
+  readonly data: Int8Array;
+  /** `[out]`: real weight = scale × int8. */
+  readonly scales: Float32Array;
+}
+
+/** A linear layer's weight matrix: float32, or int8 with per-output-channel scales. */
+export type LinearMatrix = HostTensor | QuantizedHostTensor;
+
+/** Whether a linear weight is int8. */
+export function isQuantizedMatrix(matrix: LinearMatrix): matrix is QuantizedHostTensor {
+  return matrix.data instanceof Int8Array;
+}
+
+/** Suffix of the per-channel scales beside an int8 weight: `blocks.0.attn.qkv.weight_scale`. */
+export const SCALE_SUFFIX = "_scale";
 
 /**
  * Named float32 weights with shape checks and leftover detection.
@@ -31,7 +54,11 @@ export interface HostTensor {
  */
 export class WeightStore {
   readonly #entries = new Map<string, () => HostTensor>();
+  /** int8 weights of a quantized checkpoint, by name (their scales are not entries). */
+  readonly #quantized = new Map<string, () => QuantizedHostTensor>();
   readonly #used = new Set<string>();
+  /** Names taken as linear weights ({@link linear}, {@link linearWeight}), in order. */
+  readonly #linearNames: string[] = [];
   readonly #source: string;
 
   private constructor(source: string) {
@@ -48,7 +75,16 @@ export class WeightStore {
     source = "checkpoint",
   ): WeightStore {
     const store = new WeightStore(source);
-    for (const entry of entries) {
+    const all = new Map<string, SafetensorsEntry>();
+    for (const entry of entries) all.set(entry.name, entry);
+    for (const entry of all.values()) {
+      const scale = entry.dtype === "I8" ? all.get(entry.name + SCALE_SUFFIX) : undefined;
+      if (scale) {
+        store.#quantized.set(entry.name, () => readQuantized(entry, scale, source));
+        all.delete(scale.name);
+        store.#entries.delete(scale.name);
+        continue;
+      }
       store.#entries.set(entry.name, () => ({ shape: entry.shape, data: viewFloat32(entry) }));
     }
     return store;
@@ -63,12 +99,29 @@ export class WeightStore {
 
   /** Whether a tensor of that name exists. */
   has(name: string): boolean {
-    return this.#entries.has(name);
+    return this.#entries.has(name) || this.#quantized.has(name);
   }
 
-  /** All tensor names. */
+  /** All tensor names (an int8 weight's scales are part of it, not a name of their own). */
   names(): string[] {
-    return [...this.#entries.keys()];
+    return [...this.#entries.keys(), ...this.#quantized.keys()];
+  }
+
+  /** Whether `name` is an int8 weight with per-channel scales. */
+  isQuantized(name: string): boolean {
+    return this.#quantized.has(name);
+  }
+
+  /** A tensor's shape without taking it (float32 or int8), or undefined when absent. */
+  shapeOf(name: string): readonly number[] | undefined {
+    const quantized = this.#quantized.get(name);
+    if (quantized) return quantized().shape;
+    return this.#entries.get(name)?.().shape;
+  }
+
+  /** Names taken so far as linear weights, in the order the model took them. */
+  linearWeightNames(): string[] {
+    return [...this.#linearNames];
   }
 
   /**
@@ -79,21 +132,52 @@ export class WeightStore {
   get(name: string, shape?: readonly number[]): HostTensor {
     const load = this.#entries.get(name);
     if (!load) {
+      if (this.#quantized.has(name)) {
+        throw new EdgeVitError(
+          "invalid_checkpoint",
+          `${this.#source}: tensor "${name}" is int8, but the model reads it as float32 (only linear weights may be quantized)`,
+        );
+      }
       throw new EdgeVitError("invalid_checkpoint", `${this.#source}: missing tensor "${name}"`);
     }
     const tensor = load();
+    this.#checkShape(name, tensor.shape, shape);
+    this.#used.add(name);
+    return tensor;
+  }
+
+  /**
+   * Takes a linear layer's weight matrix (or a conv patch embedding's `[out, c, ph, pw]`
+   * weight): float32, or int8 with its per-output-channel scales in a quantized checkpoint.
+   * Records the name as a linear weight, which is how the quantizer learns what to quantize.
+   *
+   * @throws {EdgeVitError} `invalid_checkpoint` when missing or of another shape
+   */
+  linearWeight(name: string, shape?: readonly number[]): LinearMatrix {
+    const quantized = this.#quantized.get(name);
+    let matrix: LinearMatrix;
+    if (quantized) {
+      matrix = quantized();
+      this.#checkShape(name, matrix.shape, shape);
+      this.#used.add(name);
+    } else {
+      matrix = this.get(name, shape);
+    }
+    if (!this.#linearNames.includes(name)) this.#linearNames.push(name);
+    return matrix;
+  }
+
+  #checkShape(name: string, actual: readonly number[], shape?: readonly number[]): void {
     if (
       shape &&
-      (shape.length !== tensor.shape.length ||
-        shape.some((dim, i) => dim !== -1 && dim !== tensor.shape[i]))
+      (shape.length !== actual.length ||
+        shape.some((dim, i) => dim !== -1 && dim !== actual[i]))
     ) {
       throw new EdgeVitError(
         "invalid_checkpoint",
-        `${this.#source}: tensor "${name}" has shape [${tensor.shape}], the config implies [${shape}]`,
+        `${this.#source}: tensor "${name}" has shape [${actual}], the config implies [${shape}]`,
       );
     }
-    this.#used.add(name);
-    return tensor;
   }
 
   /**
@@ -120,7 +204,8 @@ export class WeightStore {
   }
 
   /**
-   * Takes a PyTorch `nn.Linear` as `<prefix>.weight` `[out, in]` and `<prefix>.bias`.
+   * Takes a PyTorch `nn.Linear` as `<prefix>.weight` `[out, in]` and `<prefix>.bias`; in an
+   * int8 checkpoint the weight comes with its scales as a {@link QuantizedLinearSource}.
    *
    * @param bias `true`: required; `false`: must be absent; `"optional"`: either
    */
@@ -129,8 +214,8 @@ export class WeightStore {
     outFeatures: number,
     inFeatures: number,
     bias: boolean | "optional" = true,
-  ): LinearSource {
-    const weight = this.get(`${prefix}.weight`, [outFeatures, inFeatures]).data;
+  ): LinearSource | QuantizedLinearSource {
+    const matrix = this.linearWeight(`${prefix}.weight`, [outFeatures, inFeatures]);
     const biasName = `${prefix}.bias`;
     let biasData: Float32Array | null = null;
     if (bias === true || (bias === "optional" && this.has(biasName))) {
@@ -141,7 +226,16 @@ export class WeightStore {
         `${this.#source}: tensor "${biasName}" exists but the config says the layer has no bias`,
       );
     }
-    return { weight, bias: biasData, outFeatures, inFeatures };
+    if (isQuantizedMatrix(matrix)) {
+      return {
+        weight: matrix.data,
+        scales: matrix.scales,
+        bias: biasData,
+        outFeatures,
+        inFeatures,
+      };
+    }
+    return { weight: matrix.data, bias: biasData, outFeatures, inFeatures };
   }
 
   /**
@@ -167,7 +261,7 @@ export class WeightStore {
 
   /** Marks tensors as intentionally unused (e.g. buffers a model recomputes). */
   ignore(...names: string[]): void {
-    for (const name of names) if (this.#entries.has(name)) this.#used.add(name);
+    for (const name of names) if (this.has(name)) this.#used.add(name);
   }
 
   /**
@@ -186,4 +280,32 @@ export class WeightStore {
       );
     }
   }
+}
+
+/**
+ * Reads an int8 weight and its `[out]` float32 scales, checking that they fit together.
+ *
+ * @throws {EdgeVitError} `invalid_checkpoint`
+ */
+function readQuantized(
+  entry: SafetensorsEntry,
+  scale: SafetensorsEntry,
+  source: string,
+): QuantizedHostTensor {
+  const fail = (message: string): never => {
+    throw new EdgeVitError("invalid_checkpoint", `${source}: ${message}`);
+  };
+  if (entry.shape.length < 2) fail(`int8 tensor "${entry.name}" must have an output axis and more`);
+  const out = entry.shape[0];
+  if (scale.shape.length !== 1 || scale.shape[0] !== out) {
+    fail(`"${scale.name}" has shape [${scale.shape}], expected [${out}] (one scale per row)`);
+  }
+  const scales = viewFloat32(scale);
+  for (const value of scales) {
+    if (!(Number.isFinite(value) && value > 0)) {
+      fail(`"${scale.name}" holds ${value}; scales must be positive and finite`);
+    }
+  }
+  const data = new Int8Array(entry.bytes.buffer, entry.bytes.byteOffset, entry.bytes.byteLength);
+  return { shape: entry.shape, data, scales };
 }

@@ -24,10 +24,11 @@
 import type { Backend, LinearWeights, Precision, Tensor } from "../backends/backend.ts";
 import { EdgeVitError } from "../errors.ts";
 import { ConfigReader } from "../loaders/config.ts";
-import { type HostTensor, WeightStore } from "../loaders/weights.ts";
+import { linearFromMatrix, matrixRows, stackMatrices } from "../loaders/quantized.ts";
+import { type HostTensor, type LinearMatrix, WeightStore } from "../loaders/weights.ts";
 import { packGreedy, validateGroups } from "./packing.ts";
 import type { ForwardOptions, ForwardOutput, PackedImage, VisionArchitecture } from "./types.ts";
-import { seededRandom } from "./vit.ts";
+import { prepareLinearParams, seededRandom } from "./vit.ts";
 
 /** vit-pytorch `NaViT` constructor arguments (the ones inference needs). */
 export interface NaViTConfig {
@@ -242,25 +243,23 @@ export class NaViT implements VisionArchitecture {
       vector(`${prefix}.gamma`, length),
       vector(`${prefix}.beta`, length),
     ];
-    const linear = (weight: HostTensor, bias: HostTensor | null): LinearWeights => {
-      const prepared = backend.prepareLinear({
-        weight: weight.data,
-        bias: bias?.data ?? null,
-        outFeatures: weight.shape[0],
-        inFeatures: weight.shape[1],
-      }, { precision });
+    // Weights may be int8 with per-row scales (a quantized checkpoint): row splits and
+    // stacks below keep them int8.
+    const linear = (weight: LinearMatrix, bias: HostTensor | null): LinearWeights => {
+      const prepared = prepareLinearParams(
+        backend,
+        linearFromMatrix(weight, bias?.data ?? null),
+        precision,
+      );
       this.#linears.push(prepared);
       return prepared;
     };
+    const matrix = (name: string, shape: readonly number[]) => store.linearWeight(name, shape);
     const headGamma = (name: string): Float32Array => store.get(name, [heads, 1, dimHead]).data;
-    const rowsOf = (tensor: HostTensor, from: number, to: number): HostTensor => ({
-      shape: [to - from, tensor.shape[1]],
-      data: tensor.data.subarray(from * tensor.shape[1], to * tensor.shape[1]),
-    });
 
     this.#patchNorm = norm("to_patch_embedding.0", patchDim);
     this.#patchLinear = linear(
-      store.get("to_patch_embedding.1.weight", [dim, patchDim]),
+      matrix("to_patch_embedding.1.weight", [dim, patchDim]),
       store.get("to_patch_embedding.1.bias", [dim]),
     );
     this.#embedNorm = norm("to_patch_embedding.2", dim);
@@ -269,27 +268,24 @@ export class NaViT implements VisionArchitecture {
 
     for (let layer = 0; layer < depth; layer++) {
       const prefix = `transformer.layers.${layer}`;
-      const toQ = store.get(`${prefix}.0.to_q.weight`, [inner, dim]);
-      const toKv = store.get(`${prefix}.0.to_kv.weight`, [2 * inner, dim]);
-      const qkWeight = new Float32Array(2 * inner * dim);
-      qkWeight.set(toQ.data);
-      qkWeight.set(toKv.data.subarray(0, inner * dim), inner * dim);
+      const toQ = matrix(`${prefix}.0.to_q.weight`, [inner, dim]);
+      const toKv = matrix(`${prefix}.0.to_kv.weight`, [2 * inner, dim]);
       const qkGamma = new Float32Array(2 * inner);
       qkGamma.set(headGamma(`${prefix}.0.q_norm.gamma`));
       qkGamma.set(headGamma(`${prefix}.0.k_norm.gamma`), inner);
       this.#blocks.push({
         norm: norm(`${prefix}.0.norm`, dim),
-        qk: linear({ shape: [2 * inner, dim], data: qkWeight }, null),
-        v: linear(rowsOf(toKv, inner, 2 * inner), null),
+        qk: linear(stackMatrices([toQ, matrixRows(toKv, 0, inner)]), null),
+        v: linear(matrixRows(toKv, inner, 2 * inner), null),
         qkGamma: this.#upload(qkGamma, [2 * inner]),
-        out: linear(store.get(`${prefix}.0.to_out.0.weight`, [dim, inner]), null),
+        out: linear(matrix(`${prefix}.0.to_out.0.weight`, [dim, inner]), null),
         ffNorm: norm(`${prefix}.1.0`, dim),
         ff1: linear(
-          store.get(`${prefix}.1.1.weight`, [mlpDim, dim]),
+          matrix(`${prefix}.1.1.weight`, [mlpDim, dim]),
           store.get(`${prefix}.1.1.bias`, [mlpDim]),
         ),
         ff2: linear(
-          store.get(`${prefix}.1.4.weight`, [dim, mlpDim]),
+          matrix(`${prefix}.1.4.weight`, [dim, mlpDim]),
           store.get(`${prefix}.1.4.bias`, [dim]),
         ),
       });
@@ -297,18 +293,18 @@ export class NaViT implements VisionArchitecture {
     this.#finalNorm = norm("transformer.norm", dim);
 
     this.#poolQuery = new Float32Array(store.get("attn_pool_queries", [dim]).data);
-    const poolKv = store.get("attn_pool.to_kv.weight", [2 * inner, dim]);
+    const poolKv = matrix("attn_pool.to_kv.weight", [2 * inner, dim]);
     this.#pool = {
       norm: norm("attn_pool.norm", dim),
-      q: linear(store.get("attn_pool.to_q.weight", [inner, dim]), null),
-      k: linear(rowsOf(poolKv, 0, inner), null),
-      v: linear(rowsOf(poolKv, inner, 2 * inner), null),
+      q: linear(matrix("attn_pool.to_q.weight", [inner, dim]), null),
+      k: linear(matrixRows(poolKv, 0, inner), null),
+      v: linear(matrixRows(poolKv, inner, 2 * inner), null),
       qGamma: this.#upload(headGamma("attn_pool.q_norm.gamma"), [inner]),
       kGamma: this.#upload(headGamma("attn_pool.k_norm.gamma"), [inner]),
-      out: linear(store.get("attn_pool.to_out.0.weight", [dim, inner]), null),
+      out: linear(matrix("attn_pool.to_out.0.weight", [dim, inner]), null),
     };
     this.#headNorm = norm("mlp_head.0", dim);
-    this.#head = linear(store.get("mlp_head.1.weight", [config.numClasses, dim]), null);
+    this.#head = linear(matrix("mlp_head.1.weight", [config.numClasses, dim]), null);
     store.assertAllUsed();
   }
 
