@@ -1,12 +1,14 @@
 /**
- * GFLOP/s of the wasm kernels: the GEMMs of a ViT-Tiny/Small/Base block at 197 tokens
- * and attention at 197 and 1024 tokens, single-threaded, for the relaxed-SIMD and the
- * plain SIMD build. Every configuration is first checked against the reference backend.
+ * GFLOP/s of the wasm kernels: the float32 GEMMs (and GOP/s of the int8 GEMMs) of a
+ * ViT-Tiny/Small/Base block at 197 tokens and attention at 197 and 1024 tokens,
+ * single-threaded, for the relaxed-SIMD and the plain SIMD build. Every configuration is
+ * first checked against the reference backend (int8: bit for bit against its TypeScript
+ * model).
  * Each figure is the median (and the best) of `--runs` timed runs after warm-up; a run
  * repeats the call until it has taken at least ~0.2 s.
  *
- * Usage: `deno run --allow-read --allow-sys=loadavg bench/gflops.ts [--runs 7] [--flavours relaxed,plain]
- * [--only gemm|attention]`
+ * Usage: `deno run --allow-read --allow-sys=loadavg bench/gflops.ts [--runs 7]
+ * [--flavours relaxed,plain] [--only gemm|attention]`
  *
  * @module
  */
@@ -19,6 +21,7 @@ import {
   attentionFlops,
   GEMM_SHAPES,
   gemmFlops,
+  type GemmShape,
   prepareAttention,
   prepareGemm,
 } from "./kernel_shapes.ts";
@@ -73,6 +76,10 @@ function row(
     `${rate(cpu).padStart(11)}  ${(median * 1e3).toFixed(2).padStart(10)}`;
 }
 
+function gemmLabel(shape: GemmShape): string {
+  return `${shape.model} ${shape.layer}`.padEnd(16) + ` ${shape.m}×${shape.k}×${shape.n}`;
+}
+
 /** The load average (other jobs on the cores disturb the figures). */
 function loadAverage(): string {
   try {
@@ -93,11 +100,15 @@ for (const flavour of flavours) {
     console.log(HEADER);
     for (const shape of GEMM_SHAPES) {
       const gemm = await prepareGemm(backend, shape);
-      const timing = time(gemm.run);
+      console.log(row(gemmLabel(shape), gemmFlops(shape), time(gemm.run)));
       gemm.dispose();
-      const label = `${shape.model} ${shape.layer}`.padEnd(16) +
-        ` ${shape.m}×${shape.k}×${shape.n}`;
-      console.log(row(label, gemmFlops(shape), timing));
+    }
+    console.log(`\nint8 GEMM ${flavour}: per-row 7-bit activations × int8 weights`);
+    console.log(HEADER.replace("GFLOP/s", "  GOP/s"));
+    for (const shape of GEMM_SHAPES) {
+      const gemm = await prepareGemm(backend, shape, "int8");
+      console.log(row(gemmLabel(shape), gemmFlops(shape), time(gemm.run)));
+      gemm.dispose();
     }
   }
   if (only !== "gemm") {

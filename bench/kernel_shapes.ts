@@ -8,7 +8,11 @@
  */
 
 import type { AttentionOptions, Backend, Tensor } from "../src/backends/backend.ts";
-import { ReferenceBackend } from "../src/backends/reference/reference_backend.ts";
+import {
+  quantizePerChannel,
+  ReferenceBackend,
+} from "../src/backends/reference/reference_backend.ts";
+import { gemmInt8Reference } from "../src/backends/wasm/int8.ts";
 
 /** One linear layer of a ViT block: `[m, k] · [n, k]ᵀ`. */
 export interface GemmShape {
@@ -85,11 +89,16 @@ function assertClose(got: Float32Array, want: Float32Array, what: string, tol: n
   }
 }
 
-/** A prepared GEMM on `backend`, checked against the reference on a few rows. */
+/**
+ * A prepared GEMM on `backend`, checked against the reference on a few rows: float32
+ * within 1e-4, int8 bit for bit against the TypeScript model of the wasm int8 kernel.
+ */
 export async function prepareGemm(
   backend: Backend,
   shape: GemmShape,
+  precision: "f32" | "int8" = "f32",
 ): Promise<{ run(): void; dispose(): void }> {
+  if (precision === "int8") return await prepareGemmInt8(backend, shape);
   const { m, k, n } = shape;
   const source = {
     weight: random(n * k, k + n, 0.05),
@@ -114,6 +123,50 @@ export async function prepareGemm(
   assertClose(await backend.read(picked), want, `${shape.model} ${shape.layer}`, 1e-4);
   backend.release(y);
   backend.release(picked);
+  return {
+    run() {
+      backend.release(backend.linear(x, weights));
+    },
+    dispose() {
+      backend.release(x);
+      backend.releaseLinear(weights);
+    },
+  };
+}
+
+async function prepareGemmInt8(
+  backend: Backend,
+  shape: GemmShape,
+): Promise<{ run(): void; dispose(): void }> {
+  const { m, k, n } = shape;
+  const quantized = quantizePerChannel({
+    weight: random(n * k, k + n, 0.05),
+    bias: random(n, n),
+    outFeatures: n,
+    inFeatures: k,
+  });
+  const input = random(m * k, m + k);
+  const weights = backend.prepareQuantizedLinear(quantized);
+  const x = backend.upload(input, [m, k]);
+  const rows = [0, m >> 1, m - 1];
+  const y = backend.linear(x, weights);
+  const got = await backend.read(backend.gatherRows(y, Int32Array.from(rows)));
+  rows.forEach((row, i) => {
+    const want = gemmInt8Reference(
+      input.subarray(row * k, (row + 1) * k),
+      1,
+      k,
+      quantized.weight,
+      quantized.scales,
+      quantized.bias,
+    );
+    for (let j = 0; j < n; j++) {
+      if (got[i * n + j] !== want[j]) {
+        throw new Error(`${shape.model} ${shape.layer} int8: [${row}, ${j}] differs`);
+      }
+    }
+  });
+  backend.release(y);
   return {
     run() {
       backend.release(backend.linear(x, weights));
