@@ -56,6 +56,8 @@ export class WeightStore {
   readonly #entries = new Map<string, () => HostTensor>();
   /** int8 weights of a quantized checkpoint, by name (their scales are not entries). */
   readonly #quantized = new Map<string, () => QuantizedHostTensor>();
+  /** Every name in the file's order, int8 weights included (their scales are not). */
+  #order: string[] = [];
   readonly #used = new Set<string>();
   /** Names taken as linear weights ({@link linear}, {@link linearWeight}), in order. */
   readonly #linearNames: string[] = [];
@@ -87,6 +89,7 @@ export class WeightStore {
       }
       store.#entries.set(entry.name, () => ({ shape: entry.shape, data: viewFloat32(entry) }));
     }
+    store.#order = [...all.keys()];
     return store;
   }
 
@@ -94,6 +97,7 @@ export class WeightStore {
   static fromHost(tensors: Record<string, HostTensor>, source = "weights"): WeightStore {
     const store = new WeightStore(source);
     for (const [name, tensor] of Object.entries(tensors)) store.#entries.set(name, () => tensor);
+    store.#order = Object.keys(tensors);
     return store;
   }
 
@@ -104,7 +108,7 @@ export class WeightStore {
 
   /** All tensor names (an int8 weight's scales are part of it, not a name of their own). */
   names(): string[] {
-    return [...this.#entries.keys(), ...this.#quantized.keys()];
+    return [...this.#order];
   }
 
   /** Whether `name` is an int8 weight with per-channel scales. */
