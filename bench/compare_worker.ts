@@ -5,12 +5,13 @@
  * way (inside the worker, around `session.run` only).
  *
  * Protocol: `{op: "load", runtime, threads, onnxPath}` → `{ok}`;
- * `{op: "run", pixels, shape}` → `{ok, logits, ms}`; `{op: "close"}` → `{ok}`.
+ * `{op: "run", pixels, shape}` → `{ok, logits, ms, cpuMs}`; `{op: "close"}` → `{ok}`.
  * Failures answer `{ok: false, error}`.
  *
  * @module
  */
 
+import process from "node:process";
 import { loadOnnxModel, type OnnxModel } from "../src/backends/ort/ort_model.ts";
 
 type Request =
@@ -52,19 +53,28 @@ async function load(request: Extract<Request, { op: "load" }>): Promise<void> {
   };
 }
 
+/** Process CPU time (all threads) in ms; runners take turns, so it is this runner's. */
+function cpuMs(usage: { user: number; system: number }): number {
+  return (usage.user + usage.system) / 1000;
+}
+
 async function run(pixels: Float32Array, shape: [number, number, number, number]) {
   if (web) {
+    const cpu = process.cpuUsage();
     const start = performance.now();
     const logits = await web.forward(pixels, shape);
-    return { logits, ms: performance.now() - start };
+    const ms = performance.now() - start;
+    return { logits, ms, cpuMs: cpuMs(process.cpuUsage(cpu)) };
   }
   if (node) {
     const { session, makeTensor } = node;
+    const cpu = process.cpuUsage();
     const start = performance.now();
     const outputs = await session.run({ [session.inputNames[0]]: makeTensor(pixels, shape) });
     const ms = performance.now() - start;
+    const used = cpuMs(process.cpuUsage(cpu));
     const name = session.outputNames.includes("logits") ? "logits" : session.outputNames[0];
-    return { logits: (outputs[name].data as Float32Array).slice(), ms };
+    return { logits: (outputs[name].data as Float32Array).slice(), ms, cpuMs: used };
   }
   throw new Error("no model loaded");
 }
