@@ -3,7 +3,12 @@
  * weights and the same inputs, in one run.
  *
  *     deno task bench:compare [--json] [--models deit-tiny-shape,vit-b16-shape,vit-fmnist]
- *                             [--batches 1,8] [--runs 5]
+ *                             [--batches 1,8] [--runs 5] [--json-out FILE]
+ *
+ * `--json` prints a JSON array instead of the tables: one object per model and batch,
+ * `{model, batch, msPerImage, speedup, cpuMsPerImage, maxAbsDiff, top1Agreement}`, each
+ * a map keyed by runner; a runner that did not run is `null` in every map.
+ * `--json-out FILE` writes that JSON to FILE as well.
  *
  * Random-weight models are built once by models/export/export_onnx.py (Debian's torch,
  * one seed → config.json + model.safetensors for edgevit and model.onnx for
@@ -113,6 +118,7 @@ function parseArgs(args: string[]) {
     models: MODELS.map((m) => m.name),
     batches: [1, 8],
     runs: 5,
+    jsonOut: null as string | null,
   };
   for (let i = 0; i < args.length; i++) {
     const arg = args[i];
@@ -125,6 +131,7 @@ function parseArgs(args: string[]) {
     else if (arg === "--models") options.models = value().split(",");
     else if (arg === "--batches") options.batches = value().split(",").map(Number);
     else if (arg === "--runs") options.runs = Number(value());
+    else if (arg === "--json-out") options.jsonOut = value();
     else throw new Error(`unknown argument ${arg}`);
   }
   for (const name of options.models) {
@@ -552,20 +559,22 @@ async function main() {
     }
   }
   const after = await machine();
+  const json = JSON.stringify(
+    rows.map((row) => ({
+      model: row.model,
+      batch: row.batch,
+      msPerImage: row.msPerImage,
+      speedup: row.speedup,
+      cpuMsPerImage: row.cpuMsPerImage,
+      maxAbsDiff: row.maxAbsDiff,
+      top1Agreement: row.top1Agreement,
+    })),
+    null,
+    2,
+  );
+  if (options.jsonOut) await Deno.writeTextFile(options.jsonOut, json + "\n");
   if (options.json) {
-    console.log(JSON.stringify(
-      rows.map((row) => ({
-        model: row.model,
-        batch: row.batch,
-        msPerImage: row.msPerImage,
-        speedup: row.speedup,
-        cpuMsPerImage: row.cpuMsPerImage,
-        maxAbsDiff: row.maxAbsDiff,
-        top1Agreement: row.top1Agreement,
-      })),
-      null,
-      2,
-    ));
+    console.log(json);
   } else {
     console.log(
       `Machine: ${before.cpu}, ${before.cores} logical cores; load average before ${before.load}, after ${after.load}\n`,
