@@ -13,7 +13,10 @@
 //! (never fused), which a TypeScript reference reproduces bit for bit.
 //!
 //! Same dot form as the float GEMM (gemm.rs), but one `v128` load now carries 16 k-values:
-//! a 2 × 4 tile does 128 multiply-adds per 6 loads.
+//! a 2 × 4 tile does 128 multiply-adds per 6 loads. The plain build stores the quantized
+//! activations as i16 so `dot_i16x8_s` reads them directly (only weights are widened);
+//! widening both i8 operands lets LLVM narrow the product to `i16x8.mul` plus a pairwise
+//! add, twice the instructions.
 
 use crate::math::gelu_v;
 use crate::simd::*;
@@ -27,10 +30,11 @@ pub extern "C" fn gemm_packed_len_int8(n: usize, k: usize) -> usize {
     n.div_ceil(NR) * NR * k.div_ceil(16) * 16
 }
 
-/// Bytes of scratch `gemm_int8` needs: quantized rows, then per-row scale and zero point.
+/// Bytes of scratch `gemm_int8` needs: quantized rows (as i16 in the plain build), then
+/// per-row scale and zero point.
 #[unsafe(no_mangle)]
 pub extern "C" fn gemm_scratch_len_int8(m: usize, k: usize) -> usize {
-    m * k.div_ceil(16) * 16 + 8 * m + 16
+    2 * m * k.div_ceil(16) * 16 + 8 * m + 16
 }
 
 /// Packs int8 weights `w` (`[n, k]`) into `out` (`[N/4][K/16][4][16]`, zero-padded) and
@@ -64,6 +68,20 @@ pub unsafe extern "C" fn gemm_pack_int8(w: *const i8, n: usize, k: usize, out: *
 /// Pointers valid for the sizes given.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn quantize_rows_u7(
+    x: *const f32,
+    m: usize,
+    k: usize,
+    out: *mut u8,
+    scales: *mut f32,
+    zeros: *mut i32,
+) {
+    unsafe { quantize_rows::<false>(x, m, k, out, scales, zeros) }
+}
+
+/// [`quantize_rows_u7`], or with `WIDE` the same values stored as i16 (`[m][k16]`), which
+/// the plain build's `i32x4.dot_i16x8_s` reads without widening.
+#[inline(always)]
+unsafe fn quantize_rows<const WIDE: bool>(
     x: *const f32,
     m: usize,
     k: usize,
@@ -130,7 +148,13 @@ pub unsafe extern "C" fn quantize_rows_u7(
                 }
                 let lo16 = i16x8_narrow_i32x4(lanes[0], lanes[1]);
                 let hi16 = i16x8_narrow_i32x4(lanes[2], lanes[3]);
-                v128_store(dst.add(c) as *mut v128, u8x16_narrow_i16x8(lo16, hi16));
+                if WIDE {
+                    let wide = (out as *mut i16).add(i * k16 + c);
+                    v128_store(wide as *mut v128, lo16);
+                    v128_store(wide.add(8) as *mut v128, hi16);
+                } else {
+                    v128_store(dst.add(c) as *mut v128, u8x16_narrow_i16x8(lo16, hi16));
+                }
                 c += 16;
             }
             // Past K the weights are zero, so the padding bytes' value does not matter.
@@ -138,18 +162,27 @@ pub unsafe extern "C" fn quantize_rows_u7(
     }
 }
 
-/// Adds 16 products `a[i]·b[i]` (a signed, b in 0…127) into the 4 lanes of `acc`.
+/// Activations as the kernel reads them: u7 bytes (relaxed) or i16 (plain).
+#[cfg(target_feature = "relaxed-simd")]
+type Act = u8;
+#[cfg(not(target_feature = "relaxed-simd"))]
+type Act = i16;
+
+/// Adds the 16 products of weights `w` (i8) and activations at `a` into 4 lanes of `acc`.
 #[inline(always)]
-fn dot16(a: v128, b: v128, acc: v128) -> v128 {
-    #[cfg(target_feature = "relaxed-simd")]
-    {
-        i32x4_relaxed_dot_i8x16_i7x16_add(a, b, acc)
-    }
-    #[cfg(not(target_feature = "relaxed-simd"))]
-    {
-        let lo = i32x4_dot_i16x8(i16x8_extend_low_i8x16(a), i16x8_extend_low_i8x16(b));
-        let hi = i32x4_dot_i16x8(i16x8_extend_high_i8x16(a), i16x8_extend_high_i8x16(b));
-        i32x4_add(acc, i32x4_add(lo, hi))
+unsafe fn dot16(w: v128, a: *const Act, acc: v128) -> v128 {
+    unsafe {
+        #[cfg(target_feature = "relaxed-simd")]
+        {
+            // Exact: the activations (second operand) are in 0…127.
+            i32x4_relaxed_dot_i8x16_i7x16_add(w, v128_load(a as *const v128), acc)
+        }
+        #[cfg(not(target_feature = "relaxed-simd"))]
+        {
+            let lo = i32x4_dot_i16x8(i16x8_extend_low_i8x16(w), v128_load(a as *const v128));
+            let hi = i32x4_dot_i16x8(i16x8_extend_high_i8x16(w), v128_load(a.add(8) as *const v128));
+            i32x4_add(acc, i32x4_add(lo, hi))
+        }
     }
 }
 
@@ -162,7 +195,7 @@ fn reduce4_i32(v0: v128, v1: v128, v2: v128, v3: v128) -> v128 {
 
 /// Integer dot products of `R` quantized rows with one 4-column weight panel.
 #[inline(always)]
-unsafe fn micro<const R: usize>(a: *const u8, lda: usize, b: *const i8, k16: usize) -> [v128; R] {
+unsafe fn micro<const R: usize>(a: *const Act, lda: usize, b: *const i8, k16: usize) -> [v128; R] {
     unsafe {
         let mut acc = [[i32x4_splat(0); NR]; R];
         let mut rows = [a; R];
@@ -171,16 +204,14 @@ unsafe fn micro<const R: usize>(a: *const u8, lda: usize, b: *const i8, k16: usi
         }
         let mut b = b;
         for _ in 0..k16 / 16 {
-            let mut av = [i32x4_splat(0); R];
-            for r in 0..R {
-                av[r] = v128_load(rows[r] as *const v128);
-                rows[r] = rows[r].add(16);
-            }
             for c in 0..NR {
                 let bv = v128_load(b.add(16 * c) as *const v128);
                 for r in 0..R {
-                    acc[r][c] = dot16(bv, av[r], acc[r][c]);
+                    acc[r][c] = dot16(bv, rows[r], acc[r][c]);
                 }
+            }
+            for r in 0..R {
+                rows[r] = rows[r].add(16);
             }
             b = b.add(16 * NR);
         }
@@ -253,10 +284,15 @@ pub unsafe extern "C" fn gemm_int8(
             return;
         }
         let k16 = k.div_ceil(16) * 16;
-        let q = scratch;
-        let sx = scratch.add(m * k16) as *mut f32;
+        let wide = core::mem::size_of::<Act>() == 2;
+        let q = scratch as *mut Act;
+        let sx = scratch.add(m * k16 * core::mem::size_of::<Act>()) as *mut f32;
         let zx = sx.add(m) as *mut i32;
-        quantize_rows_u7(a, m, k, q, sx, zx);
+        if wide {
+            quantize_rows::<true>(a, m, k, scratch, sx, zx);
+        } else {
+            quantize_rows::<false>(a, m, k, scratch, sx, zx);
+        }
         let gelu = gelu != 0;
         let full_rows = m / MR * MR;
         for jp in 0..n.div_ceil(NR) {
