@@ -25,7 +25,7 @@ build() { # flavour features
       --target wasm32-unknown-unknown -Z build-std=core,panic_abort \
       --target-dir "$target_dir"
   )
-  "$deno" run --quiet --allow-read --allow-write "$here/strip_custom_sections.ts" \
+  "$deno" run --quiet --no-lock --no-config --allow-read --allow-write "$here/strip_custom_sections.ts" \
     "$target_dir/wasm32-unknown-unknown/release/edgevit_kernels.wasm" \
     "$out_dir/edgevit_kernels_$flavour.wasm"
 }
