@@ -198,10 +198,10 @@ interface ClassifyInput {
   tokenBudget?: unknown;
 }
 
-function json(body: unknown, status = 200, headers: Record<string, string> = {}): Response {
+/** A 200 JSON response (errors go through errorResponse). */
+function json(body: unknown): Response {
   return new Response(JSON.stringify(body), {
-    status,
-    headers: { "content-type": "application/json; charset=utf-8", ...headers },
+    headers: { "content-type": "application/json; charset=utf-8" },
   });
 }
 

@@ -78,14 +78,36 @@ export function toHttpError(error: unknown): HttpError {
   return new HttpError(500, "internal", "internal server error");
 }
 
+/**
+ * A response with a status other than 200. Deno 2.9 retains ~100 bytes for every
+ * `new Response(stringOrBytes, {status: 4xx})` (measured with --expose-gc; a null or
+ * stream body does not leak), which a flood of bad requests turns into steady heap
+ * growth, so the bytes go through a one-chunk stream.
+ */
+export function statusResponse(
+  status: number,
+  body: string,
+  headers: Record<string, string>,
+): Response {
+  const bytes = new TextEncoder().encode(body);
+  const stream = new ReadableStream<Uint8Array>({
+    start(controller) {
+      controller.enqueue(bytes);
+      controller.close();
+    },
+  });
+  return new Response(stream, {
+    status,
+    headers: { ...headers, "content-length": String(bytes.byteLength) },
+  });
+}
+
 /** Serializes an error as the JSON body every error response has. */
 export function errorResponse(error: unknown): Response {
   const http = toHttpError(error);
-  return new Response(
+  return statusResponse(
+    http.status,
     JSON.stringify({ error: { code: http.code, message: http.message } }),
-    {
-      status: http.status,
-      headers: { "content-type": "application/json; charset=utf-8", ...http.headers },
-    },
+    { "content-type": "application/json; charset=utf-8", ...http.headers },
   );
 }

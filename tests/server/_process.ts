@@ -16,9 +16,21 @@ export interface ServerProcess {
 /**
  * Starts the server with `args` and waits until it prints its address and /readyz says ready.
  */
-export async function spawnServer(args: string[], timeoutMs = 30_000): Promise<ServerProcess> {
+export async function spawnServer(
+  args: string[],
+  options: { timeoutMs?: number; denoFlags?: string[] } = {},
+): Promise<ServerProcess> {
+  const timeoutMs = options.timeoutMs ?? 30_000;
   const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "--allow-net=127.0.0.1", "--allow-read", "--allow-env", MAIN, ...args],
+    args: [
+      "run",
+      "--allow-net=127.0.0.1",
+      "--allow-read",
+      "--allow-env",
+      ...(options.denoFlags ?? []),
+      MAIN,
+      ...args,
+    ],
     stdout: "piped",
     stderr: "inherit",
     stdin: "null",
