@@ -1,0 +1,348 @@
+/**
+ * int8 vs float32, end to end (issue 6): forward speed and resident memory of the same
+ * model loaded through `loadModel` at each precision, on the wasm backend.
+ *
+ * - Speed: DeiT-Tiny-shaped (and optionally ViT-B/16-shaped) random timm checkpoints,
+ *   batch 1 and 8, float32 and int8 models loaded side by side and timed interleaved
+ *   (run f32, run int8, repeat) so machine load hits both alike; medians of wall and
+ *   process CPU time per image.
+ * - Memory: one fresh subprocess per way of loading (float32; int8 quantized at load;
+ *   the int8 checkpoint `deno task quantize` writes), each loading from a folder on disk:
+ *   the backend's weight bytes (wasm blocks in use after load), the wasm memory's growth,
+ *   the RSS growth over a child that loads nothing once the load's garbage is collected
+ *   (noisy: V8's heap moves by megabytes), and whether the checkpoint's bytes (the float
+ *   weights, for float checkpoints) were collected after loading.
+ *
+ * ```sh
+ * deno run --allow-read --allow-write --allow-env --allow-run bench/int8.ts \
+ *   [--models deit-tiny,vit-b16] [--batches 1,8] [--runs 7] [--skip-memory] [--skip-speed]
+ * deno run --allow-read --allow-env bench/int8.ts --fixtures   # int8 vs f32 cosine per fixture
+ * ```
+ *
+ * @module
+ */
+
+import process from "node:process";
+import { WasmBackend } from "../src/backends/wasm/wasm_backend.ts";
+import { writeQuantizedCheckpoint } from "../src/loaders/quantize_cli.ts";
+import { loadModel, type Model } from "../src/model.ts";
+import { seededRandom } from "../src/models/vit.ts";
+import type { SHAPES } from "./forward_bench.ts";
+
+// forward_bench.ts registers its benches and loads a model when imported: only the
+// parent process imports it (lazily), so the memory children measure nothing of it.
+const forwardBench = () => import("./forward_bench.ts");
+
+type ShapeName = keyof typeof SHAPES;
+const IMAGE = 224;
+
+function option(flag: string, fallback: string): string {
+  const i = Deno.args.indexOf(flag);
+  return i >= 0 && i + 1 < Deno.args.length ? Deno.args[i + 1] : fallback;
+}
+
+function median(values: number[]): number {
+  return [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)];
+}
+
+function randomPixels(batch: number): Float32Array {
+  const random = seededRandom(batch);
+  return Float32Array.from({ length: batch * 3 * IMAGE * IMAGE }, () => random() * 4 - 2);
+}
+
+// ─── Speed ──────────────────────────────────────────────────────────────────────────
+
+interface SpeedRow {
+  shape: ShapeName;
+  batch: number;
+  f32: { wall: number; cpu: number };
+  int8: { wall: number; cpu: number };
+}
+
+async function speed(shapes: ShapeName[], batches: number[], runs: number): Promise<SpeedRow[]> {
+  const rows: SpeedRow[] = [];
+  for (const shape of shapes) {
+    const checkpoint = (await forwardBench()).randomTimmCheckpoint(shape);
+    const models: Record<"f32" | "int8", Model> = {
+      f32: await loadModel(checkpoint, { backend: "wasm", precision: "f32" }),
+      int8: await loadModel(checkpoint, { backend: "wasm", precision: "int8" }),
+    };
+    for (const batch of batches) {
+      const pixels = randomPixels(batch);
+      const shape4 = [batch, 3, IMAGE, IMAGE] as const;
+      const times = { f32: { wall: [] as number[], cpu: [] as number[] } };
+      const all: Record<"f32" | "int8", { wall: number[]; cpu: number[] }> = {
+        ...times,
+        int8: { wall: [], cpu: [] },
+      };
+      for (const precision of ["f32", "int8"] as const) {
+        await models[precision].forward(pixels, shape4); // warm-up: pools, JIT
+      }
+      for (let r = 0; r < runs; r++) {
+        for (const precision of ["f32", "int8"] as const) {
+          const cpu0 = process.cpuUsage();
+          const t0 = performance.now();
+          await models[precision].forward(pixels, shape4);
+          all[precision].wall.push((performance.now() - t0) / batch);
+          const cpu = process.cpuUsage(cpu0);
+          all[precision].cpu.push((cpu.user + cpu.system) / 1000 / batch);
+        }
+      }
+      const row: SpeedRow = {
+        shape,
+        batch,
+        f32: { wall: median(all.f32.wall), cpu: median(all.f32.cpu) },
+        int8: { wall: median(all.int8.wall), cpu: median(all.int8.cpu) },
+      };
+      rows.push(row);
+      console.error(
+        `${shape} b${batch}: f32 ${row.f32.cpu.toFixed(1)} ms CPU/image, int8 ${
+          row.int8.cpu.toFixed(1)
+        } → ${(row.f32.cpu / row.int8.cpu).toFixed(2)}× (wall ${
+          (row.f32.wall / row.int8.wall).toFixed(2)
+        }×)`,
+      );
+    }
+    models.f32.close();
+    models.int8.close();
+  }
+  return rows;
+}
+
+// ─── Memory ─────────────────────────────────────────────────────────────────────────
+
+type LoadWay = "none" | "f32" | "int8-at-load" | "int8-checkpoint";
+
+/** What one child process measured, in bytes. */
+interface ChildMeasure {
+  way: LoadWay;
+  fileBytes: number;
+  /** wasm blocks in use after the load (the packed weights, norms, positions). */
+  weightBytes: number;
+  wasmGrowth: number;
+  /** After the load and a full GC. */
+  rss: number;
+  /** Whether the checkpoint's bytes were garbage-collected once the model was loaded. */
+  checkpointFreed: boolean;
+}
+
+/** A child's figures, RSS relative to the child that loads nothing. */
+interface MemoryRow extends ChildMeasure {
+  rssGrowth: number;
+}
+
+/** Full GCs with pauses between them: V8 frees dead ArrayBuffers' memory on a background task. */
+async function settle(gc: () => void): Promise<void> {
+  for (let i = 0; i < 4; i++) {
+    gc();
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+}
+
+/** Reads and loads a model folder; only the model (and a weak ref to the bytes) survive. */
+async function loadFolder(
+  dir: string,
+  backend: WasmBackend,
+  precision: "f32" | "int8",
+): Promise<{ model: Model; bytes: WeakRef<Uint8Array>; fileBytes: number }> {
+  const weights = await Deno.readFile(`${dir}/model.safetensors`);
+  const config = await Deno.readTextFile(`${dir}/config.json`);
+  const model = await loadModel({ config, weights }, { backend, precision });
+  return { model, bytes: new WeakRef(weights), fileBytes: weights.byteLength };
+}
+
+/**
+ * Runs in a fresh process: loads `dir` one way (or nothing, the baseline) and reports
+ * what stays resident once the load's garbage is collected.
+ */
+async function memoryChild(way: LoadWay, dir: string): Promise<ChildMeasure> {
+  const gc = (globalThis as { gc?: () => void }).gc;
+  if (!gc) throw new Error("run the memory child with --v8-flags=--expose-gc");
+  const backend = await WasmBackend.create();
+  const inUse0 = backend.kernels.bytesInUse;
+  const memory0 = backend.kernels.memoryBytes;
+  const loaded = way === "none"
+    ? null
+    : await loadFolder(dir, backend, way === "int8-at-load" ? "int8" : "f32");
+  if (loaded && loaded.model.precision !== (way === "f32" ? "f32" : "int8")) {
+    throw new Error(`${way} loaded at ${loaded.model.precision}`);
+  }
+  await settle(gc);
+  const row: ChildMeasure = {
+    way,
+    fileBytes: loaded?.fileBytes ?? 0,
+    weightBytes: backend.kernels.bytesInUse - inUse0,
+    wasmGrowth: backend.kernels.memoryBytes - memory0,
+    rss: Deno.memoryUsage().rss,
+    checkpointFreed: loaded ? loaded.bytes.deref() === undefined : true,
+  };
+  loaded?.model.close();
+  backend.dispose();
+  return row;
+}
+
+async function memory(shape: ShapeName): Promise<MemoryRow[]> {
+  const root = await Deno.makeTempDir({ prefix: "edgevit-int8-bench-" });
+  try {
+    const float = `${root}/f32`;
+    const int8 = `${root}/int8`;
+    const checkpoint = (await forwardBench()).randomTimmCheckpoint(shape);
+    await Deno.mkdir(float);
+    await Deno.writeTextFile(`${float}/config.json`, JSON.stringify(checkpoint.config));
+    await Deno.writeFile(`${float}/model.safetensors`, checkpoint.weights);
+    await writeQuantizedCheckpoint(float, int8);
+    const measures: ChildMeasure[] = [];
+    const ways: [LoadWay, string][] = [
+      ["none", float],
+      ["f32", float],
+      ["int8-at-load", float],
+      ["int8-checkpoint", int8],
+    ];
+    for (const [way, dir] of ways) {
+      const output = await new Deno.Command(Deno.execPath(), {
+        args: [
+          "run",
+          "--v8-flags=--expose-gc",
+          "--allow-read",
+          "--allow-env",
+          new URL(import.meta.url).pathname,
+          "--memory-child",
+          way,
+          dir,
+        ],
+        // A fixed mmap threshold makes glibc hand large freed buffers back to the OS, so
+        // RSS shows what is live rather than what the allocator kept.
+        env: { MALLOC_MMAP_THRESHOLD_: "131072" },
+        stdout: "piped",
+        stderr: "inherit",
+      }).output();
+      if (output.code !== 0) throw new Error(`memory child ${way} failed`);
+      measures.push(JSON.parse(new TextDecoder().decode(output.stdout)));
+    }
+    const [none, ...loaded] = measures;
+    return loaded.map((m) => ({ ...m, rssGrowth: m.rss - none.rss }));
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+}
+
+// ─── Parity fixtures ────────────────────────────────────────────────────────────────
+
+/** Cosine similarity of int8 and float32 logits on every registered parity fixture. */
+async function fixtures(): Promise<void> {
+  const { parseSafetensors, toFloat32 } = await import("../src/loaders/safetensors.ts");
+  const roots = [
+    new URL("../../shared/fixtures/parity/", import.meta.url),
+    new URL("../tests/fixtures/parity/", import.meta.url),
+  ];
+  const dirs: URL[] = [];
+  for (const root of roots) {
+    for (const entry of Deno.readDirSync(root)) {
+      if (entry.isDirectory) dirs.push(new URL(`${entry.name}/`, root));
+    }
+  }
+  dirs.sort((a, b) => a.href.localeCompare(b.href));
+  console.log("\n| fixture | reference (int8 weights) | wasm (int8 weights, 7-bit activations) |");
+  console.log("| --- | --- | --- |");
+  for (const dir of dirs) {
+    const spec = JSON.parse(await Deno.readTextFile(new URL("case.json", dir)));
+    const inputs =
+      parseSafetensors(await Deno.readFile(new URL("inputs.safetensors", dir))).tensors;
+    const logits = async (backend: "reference" | "wasm", precision: "f32" | "int8") => {
+      const model = await loadModel(dir, { backend, precision });
+      try {
+        if (spec.call === "forward") {
+          const input = inputs.get(spec.input)!;
+          return await model.forward(toFloat32(input), input.shape);
+        }
+        const images = (spec.images as string[]).map((name) => {
+          const tensor = inputs.get(name)!;
+          return { data: toFloat32(tensor), height: tensor.shape[1], width: tensor.shape[2] };
+        });
+        return await model.forwardPacked(images, spec.groups);
+      } finally {
+        model.close();
+      }
+    };
+    const cosine = (a: Float32Array, b: Float32Array) => {
+      let [ab, aa, bb] = [0, 0, 0];
+      for (let i = 0; i < a.length; i++) {
+        ab += a[i] * b[i];
+        aa += a[i] * a[i];
+        bb += b[i] * b[i];
+      }
+      return ab / Math.sqrt(aa * bb);
+    };
+    const cells: string[] = [];
+    for (const backend of ["reference", "wasm"] as const) {
+      const f32 = await logits(backend, "f32");
+      cells.push(cosine(await logits(backend, "int8"), f32).toFixed(6));
+    }
+    const name = dir.pathname.split("/").filter(Boolean).pop();
+    console.log(`| ${name} | ${cells.join(" | ")} |`);
+  }
+}
+
+// ─── Report ─────────────────────────────────────────────────────────────────────────
+
+async function main(): Promise<void> {
+  const child = Deno.args.indexOf("--memory-child");
+  if (child >= 0) {
+    const row = await memoryChild(Deno.args[child + 1] as LoadWay, Deno.args[child + 2]);
+    console.log(JSON.stringify(row));
+    return;
+  }
+  if (Deno.args.includes("--fixtures")) {
+    await fixtures();
+    return;
+  }
+  const shapes = option("--models", "deit-tiny").split(",") as ShapeName[];
+  const { SHAPES: known } = await forwardBench();
+  for (const shape of shapes) if (!(shape in known)) throw new Error(`unknown model ${shape}`);
+  const batches = option("--batches", "1,8").split(",").map(Number);
+  const runs = Number(option("--runs", "7"));
+  const flavour = (await WasmBackend.create()).flavour;
+  const mb = (bytes: number) => (bytes / 2 ** 20).toFixed(1);
+  if (!Deno.args.includes("--skip-memory")) {
+    for (const shape of shapes) {
+      const rows = await memory(shape);
+      const base = rows[0];
+      console.log(`\n${shape}: resident memory after loadModel (wasm, ${flavour}), MiB\n`);
+      console.log(
+        "| loaded as | model.safetensors | backend weight bytes | wasm memory growth | RSS growth after GC | checkpoint bytes collected |",
+      );
+      console.log("| --- | --- | --- | --- | --- | --- |");
+      for (const row of rows) {
+        const ratio = (value: number, of: number) => `${mb(value)} (${(value / of).toFixed(2)}×)`;
+        console.log(
+          `| ${row.way} | ${ratio(row.fileBytes, base.fileBytes)} | ${
+            ratio(row.weightBytes, base.weightBytes)
+          } | ${ratio(row.wasmGrowth, base.wasmGrowth)} | ${
+            ratio(row.rssGrowth, base.rssGrowth)
+          } | ${row.checkpointFreed ? "yes" : "no"} |`,
+        );
+      }
+    }
+  }
+  if (!Deno.args.includes("--skip-speed")) {
+    const rows = await speed(shapes, batches, runs);
+    console.log(
+      `\nforward, wasm (${flavour}), median of ${runs} interleaved runs after a warm-up\n`,
+    );
+    console.log(
+      "| model | batch | f32 CPU ms/image | int8 CPU ms/image | speed-up (CPU) | f32 wall ms/image | int8 wall ms/image | speed-up (wall) |",
+    );
+    console.log("| --- | --- | --- | --- | --- | --- | --- | --- |");
+    for (const row of rows) {
+      console.log(
+        `| ${row.shape} | ${row.batch} | ${row.f32.cpu.toFixed(1)} | ${row.int8.cpu.toFixed(1)} | ${
+          (row.f32.cpu / row.int8.cpu).toFixed(2)
+        }× | ${row.f32.wall.toFixed(1)} | ${row.int8.wall.toFixed(1)} | ${
+          (row.f32.wall / row.int8.wall).toFixed(2)
+        }× |`,
+      );
+    }
+  }
+}
+
+if (import.meta.main) await main();
