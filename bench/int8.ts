@@ -17,12 +17,14 @@
  * deno run --allow-read --allow-write --allow-env --allow-run bench/int8.ts \
  *   [--models deit-tiny,vit-b16] [--batches 1,8] [--runs 7] [--skip-memory] [--skip-speed]
  * deno run --allow-read --allow-env bench/int8.ts --fixtures   # int8 vs f32 cosine per fixture
+ * deno run --allow-read --allow-env bench/int8.ts --ops [--batch 8]   # CPU time per op
  * ```
  *
  * @module
  */
 
 import process from "node:process";
+import type { Backend, LinearWeights, Tensor } from "../src/backends/backend.ts";
 import { WasmBackend } from "../src/backends/wasm/wasm_backend.ts";
 import { writeQuantizedCheckpoint } from "../src/loaders/quantize_cli.ts";
 import { loadModel, type Model } from "../src/model.ts";
@@ -226,6 +228,94 @@ async function memory(shape: ShapeName): Promise<MemoryRow[]> {
   }
 }
 
+// ─── Where the time goes ────────────────────────────────────────────────────────────
+
+/** A backend whose ops add their process CPU time to `times` (linears by shape). */
+function timedBackend(backend: Backend, times: Map<string, number>): Backend {
+  return new Proxy(backend, {
+    get(target, prop) {
+      const value = Reflect.get(target, prop);
+      if (typeof value !== "function") return value;
+      return (...args: unknown[]) => {
+        const cpu0 = process.cpuUsage();
+        const result = value.apply(target, args);
+        const cpu = process.cpuUsage(cpu0);
+        let key = String(prop);
+        if (prop === "linear") {
+          const [x, w] = args as [Tensor, LinearWeights];
+          key = `linear ${x.shape[0]}×${w.inFeatures}×${w.outFeatures}`;
+        }
+        times.set(key, (times.get(key) ?? 0) + (cpu.user + cpu.system) / 1000);
+        return result;
+      };
+    },
+  });
+}
+
+/** CPU ms per image of each op of a DeiT-Tiny forward, float32 and int8, and GELU's share. */
+async function ops(batch: number, runs: number): Promise<void> {
+  const checkpoint = (await forwardBench()).randomTimmCheckpoint("deit-tiny");
+  const pixels = randomPixels(batch);
+  const perOp: Record<"f32" | "int8", Map<string, number>> = { f32: new Map(), int8: new Map() };
+  for (const precision of ["f32", "int8"] as const) {
+    const backend = await WasmBackend.create();
+    const times = perOp[precision];
+    const model = await loadModel(checkpoint, { backend: timedBackend(backend, times), precision });
+    await model.forward(pixels, [batch, 3, IMAGE, IMAGE]);
+    times.clear();
+    for (let r = 0; r < runs; r++) await model.forward(pixels, [batch, 3, IMAGE, IMAGE]);
+    model.close();
+    backend.dispose();
+  }
+  const keys = [...new Set([...perOp.f32.keys(), ...perOp.int8.keys()])]
+    .sort((a, b) => (perOp.f32.get(b) ?? 0) - (perOp.f32.get(a) ?? 0));
+  const per = (ms: number | undefined) => ((ms ?? 0) / runs / batch).toFixed(2);
+  console.log(`\nDeiT-Tiny, batch ${batch}: CPU ms per image of each op (${runs} runs)\n`);
+  console.log("| op | f32 | int8 |");
+  console.log("| --- | --- | --- |");
+  for (const key of keys) {
+    console.log(`| ${key} | ${per(perOp.f32.get(key))} | ${per(perOp.int8.get(key))} |`);
+  }
+  const total = (m: Map<string, number>) => [...m.values()].reduce((a, b) => a + b, 0);
+  console.log(`| total | ${per(total(perOp.f32))} | ${per(total(perOp.int8))} |`);
+
+  // fc1's shape alone, with and without its fused GELU, and GELU as its own op.
+  const backend = await WasmBackend.create();
+  const random = seededRandom(5);
+  const [m, k, n] = [197 * batch, 192, 768];
+  const x = backend.upload(Float32Array.from({ length: m * k }, () => random() * 2 - 1), [m, k]);
+  const source = {
+    weight: Float32Array.from({ length: n * k }, () => (random() * 2 - 1) / Math.sqrt(k)),
+    bias: new Float32Array(n),
+    outFeatures: n,
+    inFeatures: k,
+  };
+  const cpuMs = (fn: () => void) => {
+    fn();
+    const cpu0 = process.cpuUsage();
+    for (let i = 0; i < 10; i++) fn();
+    const cpu = process.cpuUsage(cpu0);
+    return (cpu.user + cpu.system) / 1000 / 10;
+  };
+  console.log(`\n${m}×${k}×${n} linear, CPU ms per call\n`);
+  console.log("| precision | no activation | fused GELU |");
+  console.log("| --- | --- | --- |");
+  for (const precision of ["f32", "int8"] as const) {
+    const w = backend.prepareLinear(source, { precision });
+    const plain = cpuMs(() => backend.release(backend.linear(x, w)));
+    const gelu = cpuMs(() => backend.release(backend.linear(x, w, "gelu")));
+    console.log(`| ${precision} | ${plain.toFixed(2)} | ${gelu.toFixed(2)} |`);
+    backend.releaseLinear(w);
+  }
+  const y = backend.upload(Float32Array.from({ length: m * n }, () => random() * 4 - 2), [m, n]);
+  console.log(
+    `\nstandalone GELU over ${m}×${n}: ${
+      cpuMs(() => backend.release(backend.gelu(y))).toFixed(2)
+    } ms`,
+  );
+  backend.dispose();
+}
+
 // ─── Parity fixtures ────────────────────────────────────────────────────────────────
 
 /** Cosine similarity of int8 and float32 logits on every registered parity fixture. */
@@ -290,6 +380,10 @@ async function main(): Promise<void> {
   if (child >= 0) {
     const row = await memoryChild(Deno.args[child + 1] as LoadWay, Deno.args[child + 2]);
     console.log(JSON.stringify(row));
+    return;
+  }
+  if (Deno.args.includes("--ops")) {
+    await ops(Number(option("--batch", "8")), Number(option("--runs", "5")));
     return;
   }
   if (Deno.args.includes("--fixtures")) {
