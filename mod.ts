@@ -61,3 +61,9 @@ export {
   type EdgeVitHandler,
   type HandlerOptions,
 } from "./src/server/handler.ts";
+export {
+  quantizeCheckpoint,
+  type QuantizedCheckpoint,
+  writeQuantizedCheckpoint,
+} from "./src/loaders/quantize_cli.ts";
+export { INT8_QUANTIZATION, type QuantizationInfo } from "./src/loaders/quantized.ts";
