@@ -1,5 +1,6 @@
 /**
- * edgevit's int8 checkpoint format, and the quantizer that writes it.
+ * edgevit's int8 checkpoint format, and the helpers loaders use to read it (the quantizer
+ * that writes it is `src/loaders/quantize_cli.ts`).
  *
  * A quantized folder is an ordinary checkpoint folder of any supported layout
  * (vit-pytorch manifest, Hugging Face, timm) with two differences:
@@ -91,6 +92,13 @@ export function readQuantization(
 /**
  * Whether a loaded checkpoint is int8: marked so in its config, or holding int8 weights
  * with scales (a marker-less file still runs at int8 rather than claiming float32).
+ *
+ * @example
+ * ```ts
+ * import { isQuantizedCheckpoint } from "./quantized.ts";
+ * import { WeightStore } from "./weights.ts";
+ * console.log(isQuantizedCheckpoint({}, WeightStore.fromHost({}))); // false
+ * ```
  */
 export function isQuantizedCheckpoint(
   config: JsonObject,
@@ -103,7 +111,16 @@ export function isQuantizedCheckpoint(
 
 // ─── Load-time rewrites on float or int8 linear layers ─────────────────────────────
 
-/** A linear layer from a weight matrix `[out, in]` and its bias. */
+/**
+ * A linear layer from a weight matrix `[out, in]` and its bias.
+ *
+ * @example
+ * ```ts
+ * import { linearFromMatrix } from "./quantized.ts";
+ * const layer = linearFromMatrix({ shape: [1, 2], data: new Int8Array([127, -3]), scales: new Float32Array([0.01]) }, null);
+ * console.log(layer.outFeatures, layer.inFeatures); // 1 2
+ * ```
+ */
 export function linearFromMatrix(matrix: LinearMatrix, bias: Float32Array | null): LinearParams {
   const [outFeatures, inFeatures] = matrix.shape;
   if (isQuantizedMatrix(matrix)) {
@@ -112,7 +129,16 @@ export function linearFromMatrix(matrix: LinearMatrix, bias: Float32Array | null
   return { weight: matrix.data, bias, outFeatures, inFeatures };
 }
 
-/** Rows `from … to-1` of a `[out, in]` weight matrix (a view; per-row scales come along). */
+/**
+ * Rows `from … to-1` of a `[out, in]` weight matrix (a view; per-row scales come along).
+ *
+ * @example
+ * ```ts
+ * import { matrixRows } from "./quantized.ts";
+ * const kv = { shape: [4, 2], data: new Float32Array(8).map((_, i) => i) };
+ * console.log(matrixRows(kv, 2, 4).data); // Float32Array [4, 5, 6, 7]
+ * ```
+ */
 export function matrixRows(matrix: LinearMatrix, from: number, to: number): LinearMatrix {
   const cols = matrix.shape[1];
   const shape = [to - from, cols];
@@ -129,6 +155,14 @@ export function matrixRows(matrix: LinearMatrix, from: number, to: number): Line
 /**
  * Stacks `[out_i, in]` weight matrices into `[Σ out_i, in]` (NaViT's q with k). Per-row
  * scales make this exact for int8.
+ *
+ * @example
+ * ```ts
+ * import { stackMatrices } from "./quantized.ts";
+ * const q = { shape: [1, 2], data: new Int8Array([1, 2]), scales: new Float32Array([0.5]) };
+ * const k = { shape: [1, 2], data: new Int8Array([3, 4]), scales: new Float32Array([0.25]) };
+ * console.log(stackMatrices([q, k]).shape); // [2, 2]
+ * ```
  *
  * @throws {EdgeVitError} `invalid_checkpoint` when float and int8 parts are mixed
  */
@@ -165,9 +199,17 @@ export function stackMatrices(parts: readonly LinearMatrix[]): LinearMatrix {
 }
 
 /**
- * A conv patch embedding `[dim, c, ph, pw]` as a linear layer over {@link patchify}'s
+ * A conv patch embedding `[dim, c, ph, pw]` as a linear layer over `patchify`'s
  * `(p1 p2 c)` columns, like {@link convToPatchLinear}; int8 rows are permuted the same
  * way and keep their scales.
+ *
+ * @example
+ * ```ts
+ * import { patchLinearFromConv } from "./quantized.ts";
+ * // dim 1, 2 channels, 1×2 patches: [c0p0, c0p1, c1p0, c1p1] → [c0p0, c1p0, c0p1, c1p1]
+ * const conv = { shape: [1, 2, 1, 2], data: new Int8Array([1, 2, 3, 4]), scales: new Float32Array([1]) };
+ * console.log(patchLinearFromConv(conv, null, 1, 2, 1, 2).weight); // Int8Array [1, 3, 2, 4]
+ * ```
  */
 export function patchLinearFromConv(
   conv: LinearMatrix,
