@@ -14,7 +14,8 @@
 //! zero-padded past N and K, so a panel streams with consecutive loads. A is read in
 //! place (row-major, contiguous in K) unless K is not a multiple of 4, in which case it
 //! is copied into zero-padded scratch. K is cut into blocks of `KC` so a `KC × NR` B
-//! sliver stays in L1 while all row panels pass over it.
+//! sliver stays in L1 while the row pairs of an `MC`-row block pass over it, and that
+//! `MC × KC` A block stays in L2 while all weight panels pass over it.
 
 use crate::math::gelu_v;
 use crate::simd::*;
@@ -22,6 +23,10 @@ use crate::simd::*;
 pub const MR: usize = 2;
 pub const NR: usize = 4;
 pub const KC: usize = 1024;
+/// Most rows per M-block: an `MC × KC` slice of A (≤ 1 MiB) stays in L2 while every
+/// weight panel passes over it, so large batches do not stream A from memory per panel.
+/// Blocks are balanced (1576 rows → 7 × 226), never a big block and a sliver.
+pub const MC: usize = 256;
 
 /// Floats of the packed B for an `[n, k]` weight.
 #[unsafe(no_mangle)]
@@ -192,35 +197,42 @@ pub unsafe extern "C" fn gemm_f32(
             (scratch as *const f32, kp)
         };
         let n_panels = n.div_ceil(NR);
-        let full_rows = m / MR * MR;
         let mut k0 = 0;
         loop {
             let kc = if kp - k0 < KC { kp - k0 } else { KC };
             let first = k0 == 0;
             let last = k0 + kc == kp;
             let act = last && gelu != 0;
-            for jp in 0..n_panels {
-                let b_panel = packed_b.add(jp * NR * kp + k0 * NR);
-                let j0 = jp * NR;
-                let cols = if n - j0 < NR { n - j0 } else { NR };
-                let base = if !first || bias.is_null() {
-                    f32x4_splat(0.0)
-                } else if cols == NR {
-                    load(bias.add(j0))
-                } else {
-                    load_partial(bias.add(j0), cols)
-                };
-                let a0 = a.add(k0);
-                let c0 = c.add(j0);
-                let mut i = 0;
-                while i < full_rows {
-                    rows_tile::<MR>(a0.add(i * lda), lda, b_panel, kc / 4, c0.add(i * n), n, cols, base, first, act);
-                    i += MR;
+            let blocks = m.div_ceil(MC);
+            let block_rows = m.div_ceil(blocks).div_ceil(MR) * MR;
+            let mut m0 = 0;
+            while m0 < m {
+                let m_end = if m - m0 < block_rows { m } else { m0 + block_rows };
+                let full_end = m0 + (m_end - m0) / MR * MR;
+                for jp in 0..n_panels {
+                    let b_panel = packed_b.add(jp * NR * kp + k0 * NR);
+                    let j0 = jp * NR;
+                    let cols = if n - j0 < NR { n - j0 } else { NR };
+                    let base = if !first || bias.is_null() {
+                        f32x4_splat(0.0)
+                    } else if cols == NR {
+                        load(bias.add(j0))
+                    } else {
+                        load_partial(bias.add(j0), cols)
+                    };
+                    let a0 = a.add(k0);
+                    let c0 = c.add(j0);
+                    let mut i = m0;
+                    while i < full_end {
+                        rows_tile::<MR>(a0.add(i * lda), lda, b_panel, kc / 4, c0.add(i * n), n, cols, base, first, act);
+                        i += MR;
+                    }
+                    if i < m_end {
+                        // MR = 2: at most one row is left.
+                        rows_tile::<1>(a0.add(i * lda), lda, b_panel, kc / 4, c0.add(i * n), n, cols, base, first, act);
+                    }
                 }
-                if m > full_rows {
-                    // MR = 2: at most one row is left.
-                    rows_tile::<1>(a0.add(i * lda), lda, b_panel, kc / 4, c0.add(i * n), n, cols, base, first, act);
-                }
+                m0 = m_end;
             }
             k0 += kc;
             if last {

@@ -130,9 +130,9 @@ for (const { name, create } of BACKENDS) {
     }
   });
 
-  Deno.test(`${name}: linear accumulates correctly across K blocks (K = 1101, 2052)`, async () => {
+  Deno.test(`${name}: linear accumulates correctly across K blocks and M blocks (K = 1101, 2052; M = 601)`, async () => {
     const b = await backend();
-    for (const [rows, inFeatures, outFeatures] of [[7, 1101, 9], [3, 2052, 6]]) {
+    for (const [rows, inFeatures, outFeatures] of [[7, 1101, 9], [3, 2052, 6], [601, 40, 7]]) {
       const source = {
         weight: random(outFeatures * inFeatures, inFeatures),
         bias: random(outFeatures, 3),
