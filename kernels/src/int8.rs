@@ -23,6 +23,7 @@ use crate::simd::*;
 
 const MR: usize = 2;
 const NR: usize = 4;
+const MC: usize = 128;
 
 /// Bytes of the packed weights for `[n, k]`: panels of 4 columns, K padded to 16.
 #[unsafe(no_mangle)]
@@ -294,24 +295,33 @@ pub unsafe extern "C" fn gemm_int8(
             quantize_rows::<false>(a, m, k, scratch, sx, zx);
         }
         let gelu = gelu != 0;
-        let full_rows = m / MR * MR;
-        for jp in 0..n.div_ceil(NR) {
-            let j0 = jp * NR;
-            let cols = if n - j0 < NR { n - j0 } else { NR };
-            let panel = packed.add(jp * NR * k16);
-            let sums = v128_load(row_sums.add(j0) as *const v128);
-            let sw = load(w_scales.add(j0));
-            let bv = if bias.is_null() { f32x4_splat(0.0) } else { load(bias.add(j0)) };
-            let mut i = 0;
-            while i < full_rows {
-                let tile = micro::<MR>(q.add(i * k16), k16, panel, k16);
-                finish::<MR>(tile, i, sx, zx, sums, sw, bv, c.add(i * n + j0), n, cols, gelu);
-                i += MR;
+        // Balanced M-blocks of ≤ MC rows keep the quantized activations in L2 while every
+        // weight panel passes over them (as in gemm.rs).
+        let blocks = m.div_ceil(MC);
+        let block_rows = m.div_ceil(blocks).div_ceil(MR) * MR;
+        let mut m0 = 0;
+        while m0 < m {
+            let m_end = if m - m0 < block_rows { m } else { m0 + block_rows };
+            let full_end = m0 + (m_end - m0) / MR * MR;
+            for jp in 0..n.div_ceil(NR) {
+                let j0 = jp * NR;
+                let cols = if n - j0 < NR { n - j0 } else { NR };
+                let panel = packed.add(jp * NR * k16);
+                let sums = v128_load(row_sums.add(j0) as *const v128);
+                let sw = load(w_scales.add(j0));
+                let bv = if bias.is_null() { f32x4_splat(0.0) } else { load(bias.add(j0)) };
+                let mut i = m0;
+                while i < full_end {
+                    let tile = micro::<MR>(q.add(i * k16), k16, panel, k16);
+                    finish::<MR>(tile, i, sx, zx, sums, sw, bv, c.add(i * n + j0), n, cols, gelu);
+                    i += MR;
+                }
+                if i < m_end {
+                    let tile = micro::<1>(q.add(i * k16), k16, panel, k16);
+                    finish::<1>(tile, i, sx, zx, sums, sw, bv, c.add(i * n + j0), n, cols, gelu);
+                }
             }
-            if i < m {
-                let tile = micro::<1>(q.add(i * k16), k16, panel, k16);
-                finish::<1>(tile, i, sx, zx, sums, sw, bv, c.add(i * n + j0), n, cols, gelu);
-            }
+            m0 = m_end;
         }
     }
 }
