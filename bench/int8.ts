@@ -18,6 +18,8 @@
  *   [--models deit-tiny,vit-b16] [--batches 1,8] [--runs 7] [--skip-memory] [--skip-speed]
  * deno run --allow-read --allow-env bench/int8.ts --fixtures   # int8 vs f32 cosine per fixture
  * deno run --allow-read --allow-env bench/int8.ts --ops [--batch 8]   # CPU time per op
+ * deno run --allow-read --allow-write --allow-env bench/int8.ts --accuracy \
+ *   [--model-dirs models/vit-fmnist,...] [--limit N]   # Fashion-MNIST, f32 vs int8
  * ```
  *
  * @module
@@ -373,6 +375,75 @@ async function fixtures(): Promise<void> {
   }
 }
 
+// ─── Accuracy of the trained models ─────────────────────────────────────────────────
+
+/**
+ * Fashion-MNIST test accuracy of each model folder at float32, int8 quantized at load
+ * and from its int8 checkpoint (the same numbers `deno task eval --precision int8`
+ * prints), with how many of the 10,000 predictions int8 changed.
+ */
+async function accuracy(dirs: string[], limit: number | undefined, backend: "wasm" | "reference") {
+  const { loadFashionMnist } = await import("../src/eval/fashion_mnist.ts");
+  const { evaluateModel } = await import("../src/eval/evaluate.ts");
+  const split = await loadFashionMnist("test");
+  const root = await Deno.makeTempDir({ prefix: "edgevit-int8-accuracy-" });
+  console.log(
+    `\nFashion-MNIST test split${limit ? ` (first ${limit})` : ""}, ${backend} backend\n`,
+  );
+  console.log(
+    "| model | f32 accuracy | int8 accuracy | Δ points | predictions changed | int8 checkpoint = at load | int8 file | f32 img/s | int8 img/s |",
+  );
+  console.log("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+  try {
+    for (const dir of dirs) {
+      const name = dir.replace(/\/+$/, "").split("/").pop()!;
+      const quantized = await writeQuantizedCheckpoint(dir, `${root}/${name}`);
+      const run = async (source: string, precision: "f32" | "int8") => {
+        const model = await loadModel(source, { backend, precision });
+        try {
+          return await evaluateModel(model, split, { limit });
+        } finally {
+          model.close();
+        }
+      };
+      const f32 = await run(dir, "f32");
+      const int8 = await run(dir, "int8");
+      const saved = await run(`${root}/${name}`, "f32");
+      let changed = 0;
+      for (let i = 0; i < f32.predictions.length; i++) {
+        if (f32.predictions[i] !== int8.predictions[i]) changed++;
+      }
+      const same = saved.predictions.every((p, i) => p === int8.predictions[i]);
+      console.log(
+        `| ${name} | ${(100 * f32.accuracy).toFixed(2)}% | ${(100 * int8.accuracy).toFixed(2)}% | ${
+          (100 * (int8.accuracy - f32.accuracy)).toFixed(2)
+        } | ${changed} of ${f32.images} | ${same ? "yes" : "NO"} | ${
+          (quantized.weights.byteLength / quantized.sourceBytes).toFixed(2)
+        }× | ${f32.imagesPerSecond.toFixed(0)} | ${int8.imagesPerSecond.toFixed(0)} |`,
+      );
+    }
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+}
+
+/** Folders under models/ holding a checkpoint (the default models). */
+function defaultModelDirs(): string[] {
+  const models = new URL("../models/", import.meta.url);
+  const dirs: string[] = [];
+  for (const entry of Deno.readDirSync(models)) {
+    const dir = new URL(`${entry.name}/`, models);
+    try {
+      Deno.statSync(new URL("config.json", dir));
+      Deno.statSync(new URL("model.safetensors", dir));
+      dirs.push(dir.pathname);
+    } catch {
+      // not a model folder (convert/, export/, train/)
+    }
+  }
+  return dirs.sort();
+}
+
 // ─── Report ─────────────────────────────────────────────────────────────────────────
 
 async function main(): Promise<void> {
@@ -384,6 +455,13 @@ async function main(): Promise<void> {
   }
   if (Deno.args.includes("--ops")) {
     await ops(Number(option("--batch", "8")), Number(option("--runs", "5")));
+    return;
+  }
+  if (Deno.args.includes("--accuracy")) {
+    const listed = option("--model-dirs", "");
+    const dirs = listed ? listed.split(",") : defaultModelDirs();
+    const limit = Deno.args.includes("--limit") ? Number(option("--limit", "0")) : undefined;
+    await accuracy(dirs, limit, option("--backend", "wasm") as "wasm" | "reference");
     return;
   }
   if (Deno.args.includes("--fixtures")) {
