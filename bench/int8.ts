@@ -26,10 +26,16 @@
  */
 
 import process from "node:process";
-import type { Backend, LinearWeights, Tensor } from "../src/backends/backend.ts";
+import type {
+  Backend,
+  LinearSource,
+  LinearWeights,
+  Precision,
+  Tensor,
+} from "../src/backends/backend.ts";
 import { WasmBackend } from "../src/backends/wasm/wasm_backend.ts";
 import { writeQuantizedCheckpoint } from "../src/loaders/quantize_cli.ts";
-import { loadModel, type Model } from "../src/model.ts";
+import { loadModel, type Model, resolveBackend } from "../src/model.ts";
 import { seededRandom } from "../src/models/vit.ts";
 import type { SHAPES } from "./forward_bench.ts";
 
@@ -391,24 +397,29 @@ async function accuracy(dirs: string[], limit: number | undefined, backend: "was
     `\nFashion-MNIST test split${limit ? ` (first ${limit})` : ""}, ${backend} backend\n`,
   );
   console.log(
-    "| model | f32 accuracy | int8 accuracy | Δ points | predictions changed | int8 checkpoint = at load | int8 file | f32 img/s | int8 img/s |",
+    "| model | f32 accuracy | int8 accuracy | Δ points | predictions changed | int8, patch embedding and head f32 | int8 checkpoint = at load | int8 file | f32 img/s | int8 img/s |",
   );
-  console.log("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+  console.log("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
   try {
     for (const dir of dirs) {
       const name = dir.replace(/\/+$/, "").split("/").pop()!;
       const quantized = await writeQuantizedCheckpoint(dir, `${root}/${name}`);
-      const run = async (source: string, precision: "f32" | "int8") => {
-        const model = await loadModel(source, { backend, precision });
+      const run = async (source: string, precision: "f32" | "int8", keepF32 = false) => {
+        const chosen = keepF32
+          ? patchAndHeadFloat((await resolveBackend(backend)).backend, 10)
+          : backend;
+        const model = await loadModel(source, { backend: chosen, precision });
         try {
           return await evaluateModel(model, split, { limit });
         } finally {
           model.close();
+          if (keepF32) (chosen as Backend).dispose();
         }
       };
       const f32 = await run(dir, "f32");
       const int8 = await run(dir, "int8");
       const saved = await run(`${root}/${name}`, "f32");
+      const mixed = await run(dir, "int8", true);
       let changed = 0;
       for (let i = 0; i < f32.predictions.length; i++) {
         if (f32.predictions[i] !== int8.predictions[i]) changed++;
@@ -417,14 +428,37 @@ async function accuracy(dirs: string[], limit: number | undefined, backend: "was
       console.log(
         `| ${name} | ${(100 * f32.accuracy).toFixed(2)}% | ${(100 * int8.accuracy).toFixed(2)}% | ${
           (100 * (int8.accuracy - f32.accuracy)).toFixed(2)
-        } | ${changed} of ${f32.images} | ${same ? "yes" : "NO"} | ${
-          (quantized.weights.byteLength / quantized.sourceBytes).toFixed(2)
-        }× | ${f32.imagesPerSecond.toFixed(0)} | ${int8.imagesPerSecond.toFixed(0)} |`,
+        } | ${changed} of ${f32.images} | ${(100 * mixed.accuracy).toFixed(2)}% | ${
+          same ? "yes" : "NO"
+        } | ${(quantized.weights.byteLength / quantized.sourceBytes).toFixed(2)}× | ${
+          f32.imagesPerSecond.toFixed(0)
+        } | ${int8.imagesPerSecond.toFixed(0)} |`,
       );
     }
   } finally {
     await Deno.remove(root, { recursive: true });
   }
+}
+
+/**
+ * The ablation of keeping the usually most sensitive layers in float32: a backend on
+ * which the first linear layer a model packs (its patch embedding) and every layer with
+ * `classes` outputs (its head) stay float32 whatever precision is asked.
+ */
+function patchAndHeadFloat(backend: Backend, classes: number): Backend {
+  let count = 0;
+  return new Proxy(backend, {
+    get(target, prop) {
+      if (prop === "prepareLinear") {
+        return (source: LinearSource, options?: { precision?: Precision }) => {
+          const keep = count++ === 0 || source.outFeatures === classes;
+          return target.prepareLinear(source, { precision: keep ? "f32" : options?.precision });
+        };
+      }
+      const value = Reflect.get(target, prop);
+      return typeof value === "function" ? value.bind(target) : value;
+    },
+  });
 }
 
 /** Folders under models/ holding a checkpoint (the default models). */
