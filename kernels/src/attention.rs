@@ -103,7 +103,17 @@ pub unsafe extern "C" fn attention_f32(
         let qp = vt.add(keys4 * d4);
         let p = qp.add(BQ * d4);
         let o = p.add(BQ * BK);
-        let w = Work { kp, vt, qp, p, o, d_len, d4, keys, keys4 };
+        let w = Work {
+            kp,
+            vt,
+            qp,
+            p,
+            o,
+            d_len,
+            d4,
+            keys,
+            keys4,
+        };
         if !cls.is_null() {
             for i in 0..keys * heads {
                 *cls.add(i) = 0.0;
@@ -114,11 +124,15 @@ pub unsafe extern "C" fn attention_f32(
             pack_head(&w, k.add(h * d_len), k_stride, v.add(h * d_len), v_stride);
             let mut qb = 0;
             while qb + BQ <= queries {
-                query_block::<BQ>(&w, q, q_stride, qb, h, heads, width, scale, q_seg, k_seg, cls, out);
+                query_block::<BQ>(
+                    &w, q, q_stride, qb, h, heads, width, scale, q_seg, k_seg, cls, out,
+                );
                 qb += BQ;
             }
             if qb < queries {
-                query_block::<1>(&w, q, q_stride, qb, h, heads, width, scale, q_seg, k_seg, cls, out);
+                query_block::<1>(
+                    &w, q, q_stride, qb, h, heads, width, scale, q_seg, k_seg, cls, out,
+                );
             }
         }
     }

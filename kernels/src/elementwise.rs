@@ -131,8 +131,15 @@ pub unsafe extern "C" fn layer_norm_f32(
             let iv = f32x4_splat(inv);
             let mut c = 0;
             while c + 4 <= cols {
-                let y = f32x4_mul(f32x4_mul(f32x4_sub(load(src.add(c)), mv), iv), load(gamma.add(c)));
-                let y = if beta.is_null() { y } else { f32x4_add(y, load(beta.add(c))) };
+                let y = f32x4_mul(
+                    f32x4_mul(f32x4_sub(load(src.add(c)), mv), iv),
+                    load(gamma.add(c)),
+                );
+                let y = if beta.is_null() {
+                    y
+                } else {
+                    f32x4_add(y, load(beta.add(c)))
+                };
                 store(dst.add(c), y);
                 c += 4;
             }
@@ -171,7 +178,10 @@ pub unsafe extern "C" fn rms_norm_f32(
                 let iv = f32x4_splat(inv);
                 let mut c = 0;
                 while c + 4 <= group {
-                    store(dst.add(c), f32x4_mul(f32x4_mul(load(src.add(c)), iv), load(gm.add(c))));
+                    store(
+                        dst.add(c),
+                        f32x4_mul(f32x4_mul(load(src.add(c)), iv), load(gm.add(c))),
+                    );
                     c += 4;
                 }
                 while c < group {

@@ -56,8 +56,11 @@ pub unsafe extern "C" fn gemm_pack_f32(w: *const f32, n: usize, k: usize, out: *
                     let col = p * NR + c;
                     for lane in 0..4 {
                         let kk = k4 * 4 + lane;
-                        *base.add((k4 * NR + c) * 4 + lane) =
-                            if col < n && kk < k { *w.add(col * k + kk) } else { 0.0 };
+                        *base.add((k4 * NR + c) * 4 + lane) = if col < n && kk < k {
+                            *w.add(col * k + kk)
+                        } else {
+                            0.0
+                        };
                     }
                 }
             }
@@ -68,15 +71,29 @@ pub unsafe extern "C" fn gemm_pack_f32(w: *const f32, n: usize, k: usize, out: *
 /// `[Σ v0, Σ v1, Σ v2, Σ v3]`: horizontal sums of four vectors in one.
 #[inline(always)]
 pub(crate) fn reduce4(v0: v128, v1: v128, v2: v128, v3: v128) -> v128 {
-    let s01 = f32x4_add(i32x4_shuffle::<0, 4, 1, 5>(v0, v1), i32x4_shuffle::<2, 6, 3, 7>(v0, v1));
-    let s23 = f32x4_add(i32x4_shuffle::<0, 4, 1, 5>(v2, v3), i32x4_shuffle::<2, 6, 3, 7>(v2, v3));
-    f32x4_add(i32x4_shuffle::<0, 1, 4, 5>(s01, s23), i32x4_shuffle::<2, 3, 6, 7>(s01, s23))
+    let s01 = f32x4_add(
+        i32x4_shuffle::<0, 4, 1, 5>(v0, v1),
+        i32x4_shuffle::<2, 6, 3, 7>(v0, v1),
+    );
+    let s23 = f32x4_add(
+        i32x4_shuffle::<0, 4, 1, 5>(v2, v3),
+        i32x4_shuffle::<2, 6, 3, 7>(v2, v3),
+    );
+    f32x4_add(
+        i32x4_shuffle::<0, 1, 4, 5>(s01, s23),
+        i32x4_shuffle::<2, 3, 6, 7>(s01, s23),
+    )
 }
 
 /// Dot products of `R` rows of A with the 4 columns of one B panel over `k4` steps of 4;
 /// returns one vector of 4 outputs per row.
 #[inline(always)]
-pub(crate) unsafe fn micro<const R: usize>(a: *const f32, lda: usize, b: *const f32, k4: usize) -> [v128; R] {
+pub(crate) unsafe fn micro<const R: usize>(
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    k4: usize,
+) -> [v128; R] {
     unsafe {
         let mut acc = [[f32x4_splat(0.0); NR]; R];
         let mut rows = [a; R];
@@ -207,7 +224,11 @@ pub unsafe extern "C" fn gemm_f32(
             let block_rows = m.div_ceil(blocks).div_ceil(MR) * MR;
             let mut m0 = 0;
             while m0 < m {
-                let m_end = if m - m0 < block_rows { m } else { m0 + block_rows };
+                let m_end = if m - m0 < block_rows {
+                    m
+                } else {
+                    m0 + block_rows
+                };
                 let full_end = m0 + (m_end - m0) / MR * MR;
                 for jp in 0..n_panels {
                     let b_panel = packed_b.add(jp * NR * kp + k0 * NR);
@@ -224,12 +245,34 @@ pub unsafe extern "C" fn gemm_f32(
                     let c0 = c.add(j0);
                     let mut i = m0;
                     while i < full_end {
-                        rows_tile::<MR>(a0.add(i * lda), lda, b_panel, kc / 4, c0.add(i * n), n, cols, base, first, act);
+                        rows_tile::<MR>(
+                            a0.add(i * lda),
+                            lda,
+                            b_panel,
+                            kc / 4,
+                            c0.add(i * n),
+                            n,
+                            cols,
+                            base,
+                            first,
+                            act,
+                        );
                         i += MR;
                     }
                     if i < m_end {
                         // MR = 2: at most one row is left.
-                        rows_tile::<1>(a0.add(i * lda), lda, b_panel, kc / 4, c0.add(i * n), n, cols, base, first, act);
+                        rows_tile::<1>(
+                            a0.add(i * lda),
+                            lda,
+                            b_panel,
+                            kc / 4,
+                            c0.add(i * n),
+                            n,
+                            cols,
+                            base,
+                            first,
+                            act,
+                        );
                     }
                 }
                 m0 = m_end;

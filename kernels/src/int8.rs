@@ -44,14 +44,24 @@ pub extern "C" fn gemm_scratch_len_int8(m: usize, k: usize) -> usize {
 /// # Safety
 /// Pointers valid for the sizes given.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn gemm_pack_int8(w: *const i8, n: usize, k: usize, out: *mut i8, row_sums: *mut i32) {
+pub unsafe extern "C" fn gemm_pack_int8(
+    w: *const i8,
+    n: usize,
+    k: usize,
+    out: *mut i8,
+    row_sums: *mut i32,
+) {
     unsafe {
         let k16 = k.div_ceil(16) * 16;
         for col in 0..n.div_ceil(NR) * NR {
             let (panel, c) = (col / NR, col % NR);
             let mut sum = 0i32;
             for kk in 0..k16 {
-                let value = if col < n && kk < k { *w.add(col * k + kk) } else { 0 };
+                let value = if col < n && kk < k {
+                    *w.add(col * k + kk)
+                } else {
+                    0
+                };
                 sum += value as i32;
                 *out.add(panel * NR * k16 + (kk / 16) * NR * 16 + c * 16 + kk % 16) = value;
             }
@@ -122,7 +132,13 @@ unsafe fn quantize_rows<const WIDE: bool>(
             }
             let inv = 1.0 / scale;
             let zero = f32x4_extract_lane::<0>(f32x4_nearest(f32x4_splat(-lo * inv)));
-            let zero = if zero < 0.0 { 0.0 } else if zero > 127.0 { 127.0 } else { zero };
+            let zero = if zero < 0.0 {
+                0.0
+            } else if zero > 127.0 {
+                127.0
+            } else {
+                zero
+            };
             *scales.add(i) = scale;
             *zeros.add(i) = zero as i32;
             let inv_v = f32x4_splat(inv);
@@ -181,7 +197,10 @@ unsafe fn dot16(w: v128, a: *const Act, acc: v128) -> v128 {
         #[cfg(not(target_feature = "relaxed-simd"))]
         {
             let lo = i32x4_dot_i16x8(i16x8_extend_low_i8x16(w), v128_load(a as *const v128));
-            let hi = i32x4_dot_i16x8(i16x8_extend_high_i8x16(w), v128_load(a.add(8) as *const v128));
+            let hi = i32x4_dot_i16x8(
+                i16x8_extend_high_i8x16(w),
+                v128_load(a.add(8) as *const v128),
+            );
             i32x4_add(acc, i32x4_add(lo, hi))
         }
     }
@@ -189,9 +208,18 @@ unsafe fn dot16(w: v128, a: *const Act, acc: v128) -> v128 {
 
 #[inline(always)]
 fn reduce4_i32(v0: v128, v1: v128, v2: v128, v3: v128) -> v128 {
-    let s01 = i32x4_add(i32x4_shuffle::<0, 4, 1, 5>(v0, v1), i32x4_shuffle::<2, 6, 3, 7>(v0, v1));
-    let s23 = i32x4_add(i32x4_shuffle::<0, 4, 1, 5>(v2, v3), i32x4_shuffle::<2, 6, 3, 7>(v2, v3));
-    i32x4_add(i32x4_shuffle::<0, 1, 4, 5>(s01, s23), i32x4_shuffle::<2, 3, 6, 7>(s01, s23))
+    let s01 = i32x4_add(
+        i32x4_shuffle::<0, 4, 1, 5>(v0, v1),
+        i32x4_shuffle::<2, 6, 3, 7>(v0, v1),
+    );
+    let s23 = i32x4_add(
+        i32x4_shuffle::<0, 4, 1, 5>(v2, v3),
+        i32x4_shuffle::<2, 6, 3, 7>(v2, v3),
+    );
+    i32x4_add(
+        i32x4_shuffle::<0, 1, 4, 5>(s01, s23),
+        i32x4_shuffle::<2, 3, 6, 7>(s01, s23),
+    )
 }
 
 /// Integer dot products of `R` quantized rows with one 4-column weight panel.
@@ -301,7 +329,11 @@ pub unsafe extern "C" fn gemm_int8(
         let block_rows = m.div_ceil(blocks).div_ceil(MR) * MR;
         let mut m0 = 0;
         while m0 < m {
-            let m_end = if m - m0 < block_rows { m } else { m0 + block_rows };
+            let m_end = if m - m0 < block_rows {
+                m
+            } else {
+                m0 + block_rows
+            };
             let full_end = m0 + (m_end - m0) / MR * MR;
             for jp in 0..n.div_ceil(NR) {
                 let j0 = jp * NR;
@@ -309,16 +341,44 @@ pub unsafe extern "C" fn gemm_int8(
                 let panel = packed.add(jp * NR * k16);
                 let sums = v128_load(row_sums.add(j0) as *const v128);
                 let sw = load(w_scales.add(j0));
-                let bv = if bias.is_null() { f32x4_splat(0.0) } else { load(bias.add(j0)) };
+                let bv = if bias.is_null() {
+                    f32x4_splat(0.0)
+                } else {
+                    load(bias.add(j0))
+                };
                 let mut i = m0;
                 while i < full_end {
                     let tile = micro::<MR>(q.add(i * k16), k16, panel, k16);
-                    finish::<MR>(tile, i, sx, zx, sums, sw, bv, c.add(i * n + j0), n, cols, gelu);
+                    finish::<MR>(
+                        tile,
+                        i,
+                        sx,
+                        zx,
+                        sums,
+                        sw,
+                        bv,
+                        c.add(i * n + j0),
+                        n,
+                        cols,
+                        gelu,
+                    );
                     i += MR;
                 }
                 if i < m_end {
                     let tile = micro::<1>(q.add(i * k16), k16, panel, k16);
-                    finish::<1>(tile, i, sx, zx, sums, sw, bv, c.add(i * n + j0), n, cols, gelu);
+                    finish::<1>(
+                        tile,
+                        i,
+                        sx,
+                        zx,
+                        sums,
+                        sw,
+                        bv,
+                        c.add(i * n + j0),
+                        n,
+                        cols,
+                        gelu,
+                    );
                 }
             }
             m0 = m_end;

@@ -86,7 +86,10 @@ pub fn erf_v(x: v128) -> v128 {
     }
     let small = f32x4_mul(z, ps);
     let zc = f32x4_pmin(z, f32x4_splat(4.0));
-    let t = f32x4_div(f32x4_splat(1.0), madd(zc, f32x4_splat(0.5), f32x4_splat(1.0)));
+    let t = f32x4_div(
+        f32x4_splat(1.0),
+        madd(zc, f32x4_splat(0.5), f32x4_splat(1.0)),
+    );
     let mut pl = f32x4_splat(ERFC_LARGE[9]);
     let mut j = 9;
     while j > 0 {
@@ -103,7 +106,10 @@ pub fn erf_v(x: v128) -> v128 {
 #[inline(always)]
 pub fn gelu_v(x: v128) -> v128 {
     let e = erf_v(f32x4_mul(x, f32x4_splat(core::f32::consts::FRAC_1_SQRT_2)));
-    f32x4_mul(f32x4_mul(x, f32x4_splat(0.5)), f32x4_add(f32x4_splat(1.0), e))
+    f32x4_mul(
+        f32x4_mul(x, f32x4_splat(0.5)),
+        f32x4_add(f32x4_splat(1.0), e),
+    )
 }
 
 #[inline(always)]
