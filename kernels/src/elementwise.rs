@@ -204,20 +204,21 @@ pub unsafe extern "C" fn softmax_f32(x: *const f32, rows: usize, cols: usize, ou
         for r in 0..rows {
             let src = x.add(r * cols);
             let dst = out.add(r * cols);
+            // NaN-propagating max (unlike pmax): a NaN in the row makes the row NaN, as in
+            // the reference; this pass is cheap next to the exp pass.
             let mut mv = f32x4_splat(f32::NEG_INFINITY);
             let mut c = 0;
             while c + 4 <= cols {
-                mv = f32x4_pmax(mv, load(src.add(c)));
+                mv = f32x4_max(mv, load(src.add(c)));
                 c += 4;
             }
-            let mut max = hmax(mv);
-            while c < cols {
-                let v = *src.add(c);
-                if v > max {
-                    max = v;
-                }
-                c += 1;
+            if c < cols {
+                let tail = load_partial(src.add(c), cols - c);
+                let pad = v128_andnot(f32x4_splat(f32::NEG_INFINITY), lane_mask(cols - c));
+                mv = f32x4_max(mv, v128_or(v128_and(tail, lane_mask(cols - c)), pad));
             }
+            let pair = f32x4_max(mv, i32x4_shuffle::<2, 3, 0, 1>(mv, mv));
+            let max = f32x4_extract_lane::<0>(f32x4_max(pair, i32x4_shuffle::<1, 0, 3, 2>(pair, pair)));
             let maxv = f32x4_splat(max);
             let mut sv = f32x4_splat(0.0);
             c = 0;

@@ -106,15 +106,19 @@ unsafe fn quantize_rows<const WIDE: bool>(
             let row = x.add(i * k);
             let mut lo_v = f32x4_splat(0.0);
             let mut hi_v = f32x4_splat(0.0);
+            // x - x is 0 for finite x and NaN for NaN and ±inf.
+            let mut bad_v = f32x4_splat(0.0);
             let mut c = 0;
             while c + 4 <= k {
                 let v = load(row.add(c));
                 lo_v = f32x4_pmin(lo_v, v);
                 hi_v = f32x4_pmax(hi_v, v);
+                bad_v = f32x4_add(bad_v, f32x4_sub(v, v));
                 c += 4;
             }
             let mut lo = -hmax(f32x4_neg(lo_v));
             let mut hi = hmax(hi_v);
+            let mut finite = hsum(bad_v) == 0.0;
             while c < k {
                 let v = *row.add(c);
                 if v < lo {
@@ -123,12 +127,24 @@ unsafe fn quantize_rows<const WIDE: bool>(
                 if v > hi {
                     hi = v;
                 }
+                finite &= v - v == 0.0;
                 c += 1;
             }
             let mut scale = (hi - lo) / 127.0;
-            if !(scale > 0.0) || scale == f32::INFINITY {
-                // An all-zero row (or non-finite input): every q is the zero point 0.
+            if !(scale > 0.0) {
+                // An all-zero row: every q is the zero point 0.
                 scale = 1.0;
+            }
+            if !finite || scale == f32::INFINITY {
+                // NaN or ±inf in the row (or a range past f32): all q = 0, zero point 0 and a
+                // NaN scale, so the row's outputs are NaN as in float arithmetic.
+                *scales.add(i) = f32::NAN;
+                *zeros.add(i) = 0;
+                let dst = out.add(i * if WIDE { 2 * k16 } else { k16 });
+                for byte in 0..if WIDE { 2 * k16 } else { k16 } {
+                    *dst.add(byte) = 0;
+                }
+                continue;
             }
             let inv = 1.0 / scale;
             let zero = f32x4_extract_lane::<0>(f32x4_nearest(f32x4_splat(-lo * inv)));

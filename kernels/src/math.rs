@@ -19,7 +19,7 @@ const EXP_P: [f32; 5] = [
     0.001_381_649,
 ];
 
-/// e^x per lane; 0 below -87.3 (and for -inf), +inf above 88.7.
+/// e^x per lane; 0 below -87.3 (and for -inf), +inf above 88.7, NaN for NaN.
 #[inline(always)]
 pub fn exp_v(x: v128) -> v128 {
     let lo = f32x4_splat(-87.336_55);
@@ -46,7 +46,9 @@ pub fn exp_v(x: v128) -> v128 {
     let s2 = i32x4_shl(i32x4_add(rest, bias), 23);
     let y = f32x4_mul(f32x4_mul(p, s1), s2);
     let y = v128_andnot(y, underflow);
-    v128_bitselect(f32x4_splat(f32::INFINITY), y, overflow)
+    let y = v128_bitselect(f32x4_splat(f32::INFINITY), y, overflow);
+    // NaN in, NaN out (pmin/pmax above may have replaced it by a bound).
+    v128_bitselect(x, y, f32x4_ne(x, x))
 }
 
 // erf(z)/z ≈ P(z²) on [0, 0.8].

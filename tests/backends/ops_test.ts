@@ -197,6 +197,43 @@ for (const { name, create } of BACKENDS) {
     }
   });
 
+  Deno.test(`${name}: NaN and infinity make the same outputs non-finite as in the reference`, async () => {
+    const b = await backend();
+    const [rows, cols] = [7, 13];
+    const data = random(rows * cols, 99);
+    data[1 * cols + 4] = NaN; // row 1
+    data[3 * cols + 12] = Infinity; // row 3 (a column of the tail)
+    data[5 * cols] = -Infinity; // row 5
+    const [x, xr] = pair(b, data, [rows, cols]);
+    const source = {
+      weight: random(5 * cols, 98),
+      bias: random(5, 97),
+      outFeatures: 5,
+      inFeatures: cols,
+    };
+    const checks: [string, Tensor, Tensor][] = [
+      ["softmax", b.softmax(x), reference.softmax(xr)],
+      [
+        "linear",
+        b.linear(x, b.prepareLinear(source)),
+        reference.linear(xr, reference.prepareLinear(source)),
+      ],
+      [
+        "int8 linear",
+        b.linear(x, b.prepareLinear(source, { precision: "int8" })),
+        reference.linear(xr, reference.prepareLinear(source, { precision: "int8" })),
+      ],
+    ];
+    for (const [what, got, want] of checks) {
+      const g = await b.read(got);
+      const w = await reference.read(want);
+      // Where the reference is not finite the backend must not be either (int8 may give NaN
+      // where float arithmetic gives ±inf), and finite where the reference is.
+      const finite = (values: Float32Array) => Array.from(values, Number.isFinite);
+      assert.deepEqual(finite(g), finite(w), what);
+    }
+  });
+
   Deno.test(`${name}: layerNorm with and without beta`, async () => {
     const b = await backend();
     for (const rows of ROWS) {

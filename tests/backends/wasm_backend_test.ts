@@ -67,6 +67,7 @@ Deno.test("activation quantization to 7 bits is bit-exact with the TypeScript re
       x.fill(0, 0, k);
       if (m > 2) x.subarray(k, 2 * k).forEach((v, i, row) => (row[i] = Math.abs(v) + 0.5));
       if (m > 2) x.subarray(2 * k, 3 * k).forEach((v, i, row) => (row[i] = -Math.abs(v)));
+      if (m > 4) x[4 * k + (k >> 1)] = NaN; // a non-finite row: NaN scale, all q = 0
       if (m > 3) {
         // Range [0, 127] gives scale 1: x.5 values are ties, rounded half to even.
         x.subarray(3 * k, 4 * k).forEach((_, i, row) => (row[i] = i === 0 ? 127 : (i % 9) + 0.5));

@@ -44,13 +44,20 @@ export function quantizeRowsU7(x: Float32Array, m: number, k: number): Quantized
   for (let i = 0; i < m; i++) {
     let lo = 0;
     let hi = 0;
+    let finite = true;
     for (let c = 0; c < k; c++) {
       const v = x[i * k + c];
       if (v < lo) lo = v;
       if (v > hi) hi = v;
+      finite &&= Number.isFinite(v);
     }
     let scale = f32(f32(hi - lo) / 127);
-    if (!(scale > 0) || scale === Infinity) scale = 1;
+    if (!finite || scale === Infinity) {
+      // NaN or ±inf in the row: all q = 0 and a NaN scale, so the row's outputs are NaN.
+      scales[i] = NaN;
+      continue;
+    }
+    if (!(scale > 0)) scale = 1;
     const inv = f32(1 / scale);
     const zero = Math.min(127, Math.max(0, nearest(f32(-lo * inv))));
     scales[i] = scale;
