@@ -45,6 +45,9 @@ export {
 } from "./src/model.ts";
 export { EdgeVitError, type ErrorCode } from "./src/errors.ts";
 export type { ModelBundle, ModelSource, SourceOptions } from "./src/loaders/source.ts";
+// ONNX models: `loadModel("model.onnx")` or `{ backend: "ort" }` runs them in onnxruntime-web.
+export type { OnnxBundle, OnnxSource, OrtDevice } from "./src/backends/ort/ort_model.ts";
+export type { OrtOptions } from "./src/backends/ort/ort_loader.ts";
 export type { ImagePipeline } from "./src/loaders/preprocess.ts";
 export type { CheckpointInfo, CheckpointLibrary } from "./src/loaders/config.ts";
 export type { ForwardOptions, ForwardOutput, PackedImage } from "./src/models/types.ts";
