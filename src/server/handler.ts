@@ -584,13 +584,21 @@ export function createServingHandler(options: ServingHandlerOptions): EdgeVitHan
     const pending: Promise<JobResult<JobOutput>>[] = [];
     let preprocessMs = 0;
     try {
-      for (const bytes of input.images) {
+      for (const [i, bytes] of input.images.entries()) {
         const start = performance.now();
         const image = await model.preprocess(bytes);
         const spent = performance.now() - start;
         preprocessMs += spent;
         metrics.preprocessSeconds.observe({ model: model.name }, spent / 1000);
         if (local.signal.aborted) throw local.signal.reason;
+        const last = i === input.images.length - 1;
+        if (last) {
+          // Nothing more of this request is coming: say so before the last image is
+          // queued, so a batch waiting only for us may leave the moment it is. (The
+          // batcher resumes on a microtask, after the synchronous submit below.)
+          arrivals.done();
+          finishPreparing();
+        }
         const job = batcher.submit(
           { image, options: inference },
           { key, cost: image.tokens, signal: local.signal },
@@ -598,9 +606,8 @@ export function createServingHandler(options: ServingHandlerOptions): EdgeVitHan
         job.catch(noop);
         pending.push(job);
         // After submitting, so the batcher never sees the job as neither coming nor queued.
-        arrivals.done();
+        if (!last) arrivals.done();
       }
-      finishPreparing();
       const results = await Promise.all(pending);
       metrics.images.inc({ model: model.name }, results.length);
       let queueMs = 0;

@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
-import { Batcher, type BatcherOptions } from "../../src/server/batcher.ts";
+import { setImmediate } from "node:timers";
+import { BARREN_LIMIT, Batcher, type BatcherOptions } from "../../src/server/batcher.ts";
 import { HttpError } from "../../src/server/http_errors.ts";
 
 const OPTIONS: BatcherOptions = { maxBatch: 8, maxWaitMs: 5, maxBatchTokens: 1000, maxQueue: 64 };
@@ -192,4 +193,41 @@ Deno.test("batcher options that make no sense are refused", () => {
     () => new Batcher((x: number[]) => Promise.resolve(x), { ...OPTIONS, maxWaitMs: -1 }),
     RangeError,
   );
+});
+
+Deno.test("turns catch a job one macrotask behind, until lone jobs switch them off and company switches them back on", async () => {
+  // Batches that take 2 ms, so waiting a turn (µs) is worth it: the batcher never
+  // waits longer than a batch takes.
+  const r = { batches: [] as { items: number[] }[] };
+  const run = (items: number[]) => {
+    r.batches.push({ items: [...items] });
+    const end = performance.now() + 2;
+    while (performance.now() < end) { /* compute */ }
+    return Promise.resolve(items);
+  };
+  const batcher = new Batcher(run, { ...OPTIONS, maxWaitMs: 1000 });
+  const pair = async (a: number, b: number) => {
+    const first = batcher.submit(a);
+    const second = new Promise<unknown>((resolve) =>
+      setImmediate(() => resolve(batcher.submit(b)))
+    );
+    await Promise.all([first, second]);
+  };
+  await pair(1, 2);
+  assert.deepEqual(r.batches.at(-1)!.items, [1, 2], "a fresh batcher looks one turn ahead");
+
+  for (let i = 0; i < BARREN_LIMIT; i++) await batcher.submit(100 + i);
+  const before = r.batches.length;
+  await pair(3, 4);
+  assert.deepEqual(
+    r.batches.slice(before).map((b) => b.items),
+    [[3], [4]],
+    "after lone jobs it no longer waits a turn",
+  );
+
+  // In one-client mode the first job leaves at once; those queued behind it are company.
+  await Promise.all([5, 6, 7].map((x) => batcher.submit(x)));
+  assert.deepEqual(r.batches.slice(-2).map((b) => b.items), [[5], [6, 7]]);
+  await pair(8, 9);
+  assert.deepEqual(r.batches.at(-1)!.items, [8, 9], "company switches the look-ahead back on");
 });
