@@ -69,6 +69,8 @@ export interface BuildReport {
   assetBytesInOutput: number;
   /** Bytes in the output from code (everything but the assets module). */
   codeBytesInOutput: number;
+  /** Modules the output still imports at run time (none: it is self-contained). */
+  externalImports: string[];
 }
 
 const ROOT = new URL("../../", import.meta.url);
@@ -375,7 +377,11 @@ interface Esbuild {
     warnings: { text: string }[];
     metafile: {
       inputs: Record<string, { bytes: number }>;
-      outputs: Record<string, { bytes: number; inputs: Record<string, { bytesInOutput: number }> }>;
+      outputs: Record<string, {
+        bytes: number;
+        inputs: Record<string, { bytesInOutput: number }>;
+        imports: { path: string; kind: string; external?: boolean }[];
+      }>;
     };
   }>;
   stop(): Promise<void> | void;
@@ -563,6 +569,7 @@ export async function buildBundle(options: BuildOptions = {}): Promise<BuildRepo
     wasmBytes,
     assetBytesInOutput,
     codeBytesInOutput: bytes - assetBytesInOutput,
+    externalImports: output.imports.filter((entry) => entry.external).map((entry) => entry.path),
   };
   const budget = options.maxBytes ?? SIZE_BUDGET_BYTES;
   if (bytes > budget) {

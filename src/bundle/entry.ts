@@ -302,9 +302,27 @@ const edgevit: {
   onListen(address: Deno.Addr) {
     servedDeclaratively = true;
     // Start loading now rather than on the first request.
-    defaultHandler ??= createHandler();
+    const handler = defaultHandler ??= createHandler();
     const shown = address.transport === "tcp" ? shownAddress(address as Deno.NetAddr) : "";
     console.log(`edgevit listening on ${shown || address.transport}`);
+    // deno serve stops its listener on SIGTERM/SIGINT but would then wait forever for
+    // the batchers' event-loop hooks: answer what is in flight, free the models, exit.
+    let stopping = false;
+    const stop = async () => {
+      if (stopping) return;
+      stopping = true;
+      handler.drain();
+      await handler.settled();
+      await handler.close();
+      Deno.exit(0);
+    };
+    try {
+      for (const signal of ["SIGTERM", "SIGINT"] as const) {
+        Deno.addSignalListener(signal, () => void stop());
+      }
+    } catch {
+      // Runtimes without signals stop the isolate themselves.
+    }
   },
 };
 export default edgevit;
