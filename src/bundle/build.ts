@@ -69,7 +69,7 @@ export interface BuildReport {
   assetBytesInOutput: number;
   /** Bytes in the output from code (everything but the assets module). */
   codeBytesInOutput: number;
-  /** Modules the output still imports at run time (none: it is self-contained). */
+  /** Modules the output still imports at run time: only `node:` built-ins. */
   externalImports: string[];
 }
 
@@ -409,6 +409,8 @@ function edgevitPlugin(graph: DenoGraph, assetsSource: string) {
         if (/^onnxruntime-(web|node)(\/|$)/.test(args.path)) {
           return { path: args.path, namespace: "edgevit-ort" };
         }
+        // Node built-ins are part of Deno and of the edge runtimes built on it.
+        if (args.path.startsWith("node:")) return { path: args.path, external: true };
         if (args.namespace !== "file" || args.kind === "entry-point") return undefined;
         const pkg = graph.packageOf(args.importer);
         if (pkg) {
