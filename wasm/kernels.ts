@@ -113,6 +113,7 @@ export interface KernelExports {
   ): void;
   gelu_f32(x: number, n: number, out: number): void;
   exp_f32(x: number, n: number, out: number): void;
+  exp_nonpos_f32(x: number, n: number, out: number): void;
   add_f32(a: number, b: number, n: number, out: number): void;
   softmax_f32(x: number, rows: number, cols: number, out: number): void;
   gather_rows_f32(x: number, cols: number, indices: number, count: number, out: number): void;

@@ -14,7 +14,7 @@
 //! it are never visited and a packed batch costs Σ nᵢ², not (Σ nᵢ)².
 
 use crate::gemm::micro;
-use crate::math::{exp_s, exp_v};
+use crate::math::{exp_nonpos_s, exp_nonpos_v};
 use crate::simd::*;
 
 /// Query rows per block (the micro-kernel's row count).
@@ -283,12 +283,12 @@ unsafe fn query_block<const R: usize>(
                     continue;
                 }
                 let m_new = if m[r] > mx { m[r] } else { mx };
-                alpha[r] = exp_s(m[r] - m_new);
+                alpha[r] = exp_nonpos_s(m[r] - m_new);
                 let mnv = f32x4_splat(m_new);
                 let mut sv = f32x4_splat(0.0);
                 let mut jj = 0;
                 while jj < bk {
-                    let pv = exp_v(f32x4_sub(load(row.add(jj)), mnv));
+                    let pv = exp_nonpos_v(f32x4_sub(load(row.add(jj)), mnv));
                     store(row.add(jj), pv);
                     sv = f32x4_add(sv, pv);
                     jj += 4;
@@ -328,7 +328,7 @@ unsafe fn query_block<const R: usize>(
                 let to = bound(k_seg, keys, segs[r], true);
                 for key in from..to {
                     let c = cls.add(key * heads + h);
-                    *c = exp_s(*c - m[r]) * inv;
+                    *c = exp_nonpos_s(*c - m[r]) * inv;
                 }
             }
         }

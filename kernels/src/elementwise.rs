@@ -1,7 +1,7 @@
 //! Row-wise and element-wise float32 ops. Every loop runs 4 lanes at a time and finishes
 //! a row's tail with partial loads, so any column count works.
 
-use crate::math::{exp_v, gelu_v, sqrt_s};
+use crate::math::{exp_nonpos_v, exp_v, gelu_v, sqrt_s};
 use crate::simd::*;
 
 #[inline(always)]
@@ -34,6 +34,15 @@ pub unsafe extern "C" fn gelu_f32(x: *const f32, n: usize, out: *mut f32) {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn exp_f32(x: *const f32, n: usize, out: *mut f32) {
     unsafe { map(x, n, out, exp_v) }
+}
+
+/// `out = exp(x)` for `x ≤ 0` with the cheaper exp softmax and attention use (for tests).
+///
+/// # Safety
+/// Pointers valid for `n` floats.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn exp_nonpos_f32(x: *const f32, n: usize, out: *mut f32) {
+    unsafe { map(x, n, out, exp_nonpos_v) }
 }
 
 /// `out = a + b` over `n` floats.
@@ -223,14 +232,14 @@ pub unsafe extern "C" fn softmax_f32(x: *const f32, rows: usize, cols: usize, ou
             let mut sv = f32x4_splat(0.0);
             c = 0;
             while c + 4 <= cols {
-                let e = exp_v(f32x4_sub(load(src.add(c)), maxv));
+                let e = exp_nonpos_v(f32x4_sub(load(src.add(c)), maxv));
                 store(dst.add(c), e);
                 sv = f32x4_add(sv, e);
                 c += 4;
             }
             if c < cols {
                 let n = cols - c;
-                let e = exp_v(f32x4_sub(load_partial(src.add(c), n), maxv));
+                let e = exp_nonpos_v(f32x4_sub(load_partial(src.add(c), n), maxv));
                 let e = v128_and(e, lane_mask(n));
                 store_partial(dst.add(c), e, n);
                 sv = f32x4_add(sv, e);

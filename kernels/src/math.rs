@@ -51,6 +51,32 @@ pub fn exp_v(x: v128) -> v128 {
     v128_bitselect(x, y, f32x4_ne(x, x))
 }
 
+/// e^x per lane for x ≤ 0 (softmax shifts, attention rescales, erfc): 0 below -87.3,
+/// NaN for NaN. Cheaper than [`exp_v`]: n = round(x·log2 e) comes from adding
+/// 1.5·2²³ (its low mantissa bits are then n), and 2ⁿ is that integer shifted into the
+/// exponent field, so there is no float→int conversion and no overflow handling.
+#[inline(always)]
+pub fn exp_nonpos_v(x: v128) -> v128 {
+    const SHIFTER: f32 = 12_582_912.0; // 1.5·2²³
+    let lo = f32x4_splat(-87.336_55);
+    let underflow = f32x4_lt(x, lo);
+    let xc = f32x4_pmax(x, lo);
+    let t = madd(xc, f32x4_splat(LOG2E), f32x4_splat(SHIFTER));
+    let n = f32x4_sub(t, f32x4_splat(SHIFTER));
+    let r = madd(n, f32x4_splat(-LN2_HI), xc);
+    let r = madd(n, f32x4_splat(-LN2_LO), r);
+    let mut p = f32x4_splat(EXP_P[4]);
+    p = madd(p, r, f32x4_splat(EXP_P[3]));
+    p = madd(p, r, f32x4_splat(EXP_P[2]));
+    p = madd(p, r, f32x4_splat(EXP_P[1]));
+    p = madd(p, r, f32x4_splat(EXP_P[0]));
+    p = madd(f32x4_mul(p, r), r, f32x4_add(r, f32x4_splat(1.0)));
+    // n ∈ [-126, 0]: (n + 127) << 23 is 2ⁿ, a normal float.
+    let scale = i32x4_add(i32x4_shl(t, 23), i32x4_splat(127 << 23));
+    let y = v128_andnot(f32x4_mul(p, scale), underflow);
+    v128_bitselect(x, y, f32x4_ne(x, x))
+}
+
 // erf(z)/z ≈ P(z²) on [0, 0.8].
 const ERF_SMALL: [f32; 6] = [
     1.128_379_1,
@@ -98,7 +124,7 @@ pub fn erf_v(x: v128) -> v128 {
         j -= 1;
         pl = madd(pl, t, f32x4_splat(ERFC_LARGE[j]));
     }
-    let erfc = f32x4_mul(exp_v(f32x4_neg(f32x4_mul(zc, zc))), pl);
+    let erfc = f32x4_mul(exp_nonpos_v(f32x4_neg(f32x4_mul(zc, zc))), pl);
     let large = f32x4_sub(f32x4_splat(1.0), erfc);
     let r = v128_bitselect(small, large, f32x4_lt(z, f32x4_splat(0.8)));
     v128_or(r, sign)
@@ -114,9 +140,10 @@ pub fn gelu_v(x: v128) -> v128 {
     )
 }
 
+/// e^x for one x ≤ 0.
 #[inline(always)]
-pub fn exp_s(x: f32) -> f32 {
-    f32x4_extract_lane::<0>(exp_v(f32x4_splat(x)))
+pub fn exp_nonpos_s(x: f32) -> f32 {
+    f32x4_extract_lane::<0>(exp_nonpos_v(f32x4_splat(x)))
 }
 
 /// Scalar square root through the SIMD unit (core has no f32::sqrt without std).
