@@ -314,6 +314,14 @@ Deno.test("bad inputs are refused with clear errors, never a trap", async () => 
     inFeatures: 2,
   });
   assert.throws(() => backend.linear(x, w), /expects 2 input columns/);
+  assert.throws(
+    () =>
+      backend.prepareLinear(
+        { weight: new Float32Array(6), bias: null, outFeatures: 3, inFeatures: 2 },
+        { precision: "f16" as "f32" },
+      ),
+    (error: unknown) => error instanceof EdgeVitError && error.code === "unsupported",
+  );
   assert.throws(() =>
     backend.linear(
       x,

@@ -139,8 +139,10 @@ export class WasmBackend implements Backend {
 
   prepareLinear(source: LinearSource, options?: { precision?: Precision }): LinearWeights {
     checkLinearSource(source);
-    if ((options?.precision ?? "f32") === "int8") {
-      return this.prepareQuantizedLinear(quantizePerChannel(source));
+    const precision = options?.precision ?? "f32";
+    if (precision === "int8") return this.prepareQuantizedLinear(quantizePerChannel(source));
+    if (precision !== "f32") {
+      throw new EdgeVitError("unsupported", `linear precision "${precision}" (f32 or int8)`);
     }
     return this.#pack(source.weight, source.bias, source.outFeatures, source.inFeatures, "f32");
   }
@@ -148,7 +150,7 @@ export class WasmBackend implements Backend {
   /**
    * Packs int8 weights for the int8 GEMM: activations are then quantized per row at
    * every call (unsigned 7-bit with a zero point, see kernels/src/int8.rs), so results
-   * differ from float32 by the activation rounding (≈1% of a row's range per element).
+   * also carry the activation rounding: up to half a step, 1/254 of the row's range.
    */
   prepareQuantizedLinear(source: QuantizedLinearSource): LinearWeights {
     checkLinearSource(source);
