@@ -7,7 +7,7 @@
  * deno task bundle                                  # the default model (models/vit-fmnist)
  * deno task bundle --model path/to/folder           # embed another model folder
  * deno task bundle --model-url https://host/model/  # embed no weights: fetch them at start
- * deno task bundle --precision int8 --out dist/x.mjs --no-minify
+ * deno task bundle --precision f32 --out dist/x.mjs --no-minify  # float weights, readable
  * ```
  *
  * esbuild knows nothing of Deno's resolution, so a plugin asks Deno: `deno info --json`
@@ -22,6 +22,8 @@
 import { createRequire } from "node:module";
 import { EdgeVitError } from "../errors.ts";
 import { BACKEND_CHOICES } from "../backends/select.ts";
+import { isObject } from "../loaders/config.ts";
+import { quantizeCheckpoint } from "../loaders/quantize_cli.ts";
 import { readCheckpoint } from "../loaders/source.ts";
 import { DEFAULT_MODEL } from "../server/handler.ts";
 
@@ -36,7 +38,11 @@ export interface BuildOptions {
   modelUrl?: string;
   /** Name clients use for the built-in model (default: the folder's name). */
   name?: string;
-  /** Precision the built-in model loads at (default "f32"). */
+  /**
+   * "int8" (default): embed an int8 checkpoint, the folder's own when it is one (or the
+   * default model's `-int8` sibling), else quantized here with `deno task quantize`'s
+   * quantizer. "f32": embed the float weights as they are.
+   */
   precision?: "f32" | "int8";
   /** Backend the bundle uses unless told otherwise at run time (default "wasm"). */
   backend?: string;
@@ -63,6 +69,10 @@ export interface BuildReport {
   backend: string;
   /** Bytes of the embedded model files (0 with a model URL). */
   modelBytes: number;
+  /** True when the int8 weights were quantized by this build from a float folder. */
+  quantizedAtBuild: boolean;
+  /** Bytes of the source folder's weights (before quantization). */
+  sourceWeightBytes: number;
   /** Bytes of the embedded wasm files. */
   wasmBytes: number;
   /** Bytes in the output that came from the generated assets module (base64 and all). */
@@ -263,6 +273,21 @@ async function readModelFolder(dir: string): Promise<ModelFiles> {
     files.weights.set(shard, bytes);
   }
   return files;
+}
+
+/** Whether a config.json (text) carries the int8 checkpoint marker. */
+function isQuantizedConfig(config: string): boolean {
+  try {
+    const parsed = JSON.parse(config);
+    return isObject(parsed) && parsed.quantization !== undefined;
+  } catch {
+    return false;
+  }
+}
+
+async function isQuantizedFolder(dir: string): Promise<boolean> {
+  if (!await exists(`${dir}/config.json`)) return false;
+  return isQuantizedConfig(await Deno.readTextFile(`${dir}/config.json`));
 }
 
 function base64(bytes: Uint8Array): string {
@@ -473,7 +498,7 @@ function edgevitPlugin(graph: DenoGraph, assetsSource: string) {
  * ```
  */
 export async function buildBundle(options: BuildOptions = {}): Promise<BuildReport> {
-  const precision = options.precision ?? "f32";
+  let precision = options.precision ?? "int8";
   if (precision !== "f32" && precision !== "int8") fail(`--precision must be f32 or int8`);
   if (options.model && options.modelUrl) fail("give --model or --model-url, not both");
   const backend = options.backend ?? "wasm";
@@ -485,6 +510,9 @@ export async function buildBundle(options: BuildOptions = {}): Promise<BuildRepo
   let fallbackModel = false;
   let model: ModelFiles | string;
   let modelBytes = 0;
+  let sourceWeightBytes = 0;
+  let quantizedAtBuild = false;
+  let defaultName: string | undefined;
   if (options.modelUrl) {
     if (!/^https?:\/\//i.test(options.modelUrl)) fail(`--model-url must be an http(s) URL`);
     modelSource = options.modelUrl;
@@ -493,19 +521,39 @@ export async function buildBundle(options: BuildOptions = {}): Promise<BuildRepo
     let dir = options.model;
     if (!dir) {
       dir = rootPath(`models/${DEFAULT_MODEL}`);
-      if (!await exists(`${dir}/config.json`)) {
+      defaultName = DEFAULT_MODEL;
+      const int8Sibling = rootPath(`models/${DEFAULT_MODEL}-int8`);
+      if (precision === "int8" && await isQuantizedFolder(int8Sibling)) dir = int8Sibling;
+      else if (!await exists(`${dir}/config.json`)) {
         dir = rootPath(FALLBACK_MODEL);
         fallbackModel = true;
+        defaultName = undefined;
       }
     }
     dir = dir.replace(/[\\/]+$/, "");
     modelSource = dir;
     // Fail at build time, not at the first request, for a folder that does not load.
     await readCheckpoint(dir);
-    model = await readModelFolder(dir);
-    for (const bytes of model.weights.values()) modelBytes += bytes.byteLength;
+    let files = await readModelFolder(dir);
+    for (const bytes of files.weights.values()) sourceWeightBytes += bytes.byteLength;
+    if (isQuantizedConfig(files.config)) {
+      if (options.precision === "f32") fail(`${dir} is an int8 checkpoint: it runs at int8 only`);
+      precision = "int8";
+    } else if (precision === "int8") {
+      const quantized = await quantizeCheckpoint(dir);
+      files = {
+        config: JSON.stringify(quantized.config),
+        preprocessorConfig: quantized.preprocessorConfig
+          ? JSON.stringify(quantized.preprocessorConfig)
+          : undefined,
+        weights: new Map([["model.safetensors", quantized.weights]]),
+      };
+      quantizedAtBuild = true;
+    }
+    model = files;
+    for (const bytes of files.weights.values()) modelBytes += bytes.byteLength;
   }
-  const modelName = options.name ??
+  const modelName = options.name ?? defaultName ??
     (modelSource.replace(/[\\/]+$/, "").split(/[\\/]/).pop() || "model");
 
   const graph = await DenoGraph.load(ENTRY);
@@ -568,6 +616,8 @@ export async function buildBundle(options: BuildOptions = {}): Promise<BuildRepo
     precision,
     backend,
     modelBytes,
+    quantizedAtBuild,
+    sourceWeightBytes,
     wasmBytes,
     assetBytesInOutput,
     codeBytesInOutput: bytes - assetBytesInOutput,
@@ -592,6 +642,10 @@ export function describeReport(report: BuildReport, budget = SIZE_BUDGET_BYTES):
     }`,
     `  model ${report.modelName} (${report.precision}, ${report.backend} backend) from ${report.modelSource}: ${
       report.modelBytes > 0 ? `${mb(report.modelBytes)} of weights embedded` : "fetched at start"
+    }${
+      report.quantizedAtBuild
+        ? ` (quantized to int8 by this build from ${mb(report.sourceWeightBytes)} of float32)`
+        : ""
     }`,
     `  wasm (kernels + JPEG/PNG/WebP decoders): ${
       mb(report.wasmBytes)
@@ -661,7 +715,8 @@ const USAGE = `Usage: deno task bundle [flags]
   --model DIR        model folder to embed (default models/${DEFAULT_MODEL})
   --model-url URL    embed no weights; load this http(s) model folder URL at start
   --name NAME        name clients pass as "model" (default: the folder's name)
-  --precision P      f32 (default) or int8: precision the model loads at
+  --precision P      int8 (default: embed an int8 checkpoint, quantizing a float folder
+                     here) or f32 (embed the float weights as they are)
   --backend B        default backend at run time: wasm (default), auto, webgpu, reference
   --out FILE         output (default dist/edgevit.mjs)
   --no-minify        readable output

@@ -8,6 +8,7 @@
 import assert from "node:assert/strict";
 import { buildBundle, type BuildReport, SIZE_BUDGET_BYTES } from "../../src/bundle/build.ts";
 import { EdgeVitError } from "../../src/errors.ts";
+import { writeQuantizedCheckpoint } from "../../src/loaders/quantize_cli.ts";
 import { loadModel } from "../../src/model.ts";
 
 const IMAGES = new URL("../fixtures/images/", import.meta.url);
@@ -174,6 +175,16 @@ Deno.test("deno task bundle writes one self-contained module under the size budg
   assert.ok(report.modelBytes > 0, "the model's weights are embedded");
   // base64 makes the embedded bytes 4/3 as large, never smaller.
   assert.ok(report.assetBytesInOutput >= (report.modelBytes + report.wasmBytes) * 4 / 3);
+  // The default bundle carries the model as int8: a quarter of the linear weights' bytes.
+  assert.equal(report.precision, "int8");
+  const float = await buildBundle({ precision: "f32", out: `${dir}/edgevit-f32.mjs` });
+  assert.equal(float.precision, "f32");
+  assert.equal(float.modelBytes, report.sourceWeightBytes);
+  assert.ok(
+    report.modelBytes < float.modelBytes / 2,
+    `${report.modelBytes} vs ${float.modelBytes}`,
+  );
+  assert.ok(report.bytes < float.bytes);
   const code = await Deno.readTextFile(report.out);
   assert.ok(!/from\s*["']npm:/.test(code), "no npm: imports are left");
   assert.ok(!code.includes("ort-wasm"), "onnxruntime's wasm is not in the bundle");
@@ -203,11 +214,11 @@ Deno.test("deno run --allow-net serves the bundle and classifies photos like the
 
     assert.equal(raw.model, report.modelName);
     assert.equal(raw.backend, "wasm");
-    assert.equal(raw.precision, "f32");
+    assert.equal(raw.precision, report.precision);
     assert.equal(raw.results.length, 1);
     assert.ok(raw.results[0].tokens >= 1);
     assert.equal(json.results.length, 2);
-    const expected = await libraryAnswer(report, [jpeg, png, webp], 3);
+    const expected = await libraryAnswer(report, [jpeg, png, webp], 3, report.precision);
     assertSameTop(raw.results[0].top, expected[0], labels);
     assertSameTop(json.results[0].top, expected[1], labels);
     assertSameTop(json.results[1].top, expected[2], labels);
@@ -235,7 +246,7 @@ Deno.test("deno serve runs the bundle's default export on the address it is give
     const jpeg = await readImage("chelsea.jpg");
     const answer = await classifyOver(server.base, jpeg, "image/jpeg", 2);
     assert.equal(answer.model, report.modelName);
-    const [expected] = await libraryAnswer(report, [jpeg], 2);
+    const [expected] = await libraryAnswer(report, [jpeg], 2, report.precision);
     const labels = (await (await fetch(`${server.base}/v1/models`)).json()).models[0].labels;
     assertSameTop(answer.results[0].top, expected, labels);
     // deno serve listens for it: the module must not have started a second server.
@@ -260,7 +271,7 @@ Deno.test("the bundle exports createHandler and default.fetch for custom routing
   const { report } = await defaultBuild();
   const bundle = await import(new URL(`file://${report.out}`).href);
   assert.equal(typeof bundle.default.fetch, "function");
-  const handler = bundle.createHandler({ maxBatch: 2, precision: "int8" });
+  const handler = bundle.createHandler({ maxBatch: 2 });
   try {
     await handler.ready;
     const jpeg = await readImage("chelsea.jpg");
@@ -273,8 +284,8 @@ Deno.test("the bundle exports createHandler and default.fetch for custom routing
     );
     const answer: ClassifyBody = await response.json();
     assert.equal(response.status, 200);
-    assert.equal(answer.precision, "int8");
-    const [expected] = await libraryAnswer(report, [jpeg], 2, "int8");
+    assert.equal(answer.precision, report.precision);
+    const [expected] = await libraryAnswer(report, [jpeg], 2, report.precision);
     assert.deepEqual(answer.results[0].top.map((t) => t.index), expected.map((t) => t.index));
     const missing = await handler(new Request("http://edge.local/nowhere"));
     assert.equal(missing.status, 404);
@@ -313,7 +324,11 @@ Deno.test("a bundle built with --model-url fetches the weights when it starts", 
       const jpeg = await readImage("chelsea.jpg");
       const answer = await classifyOver(server.base, jpeg, "image/jpeg", 1);
       assert.equal(answer.model, "remote");
-      const model = await loadModel(FIXTURE_MODEL, { backend: "wasm" });
+      assert.equal(answer.precision, report.precision);
+      const model = await loadModel(FIXTURE_MODEL, {
+        backend: "wasm",
+        precision: report.precision,
+      });
       try {
         const [expected] = await model.classify(jpeg, { topK: 1 });
         assert.equal(answer.results[0].top[0].index, expected.index);
@@ -340,6 +355,27 @@ Deno.test("deno task bundle refuses a folder that holds no model", async () => {
     await assert.rejects(
       buildBundle({ model: dir, modelUrl: "http://127.0.0.1:1/", out: `${dir}/out.mjs` }),
       (error: unknown) => error instanceof EdgeVitError && error.code === "invalid_argument",
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("an int8 checkpoint folder is embedded as it is, and only at int8", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "edgevit-bundle-int8-" });
+  try {
+    const saved = await writeQuantizedCheckpoint(
+      decodeURIComponent(FIXTURE_MODEL.pathname),
+      `${dir}/vit-int8`,
+    );
+    const report = await buildBundle({ model: `${dir}/vit-int8`, out: `${dir}/edgevit.mjs` });
+    assert.equal(report.precision, "int8");
+    assert.equal(report.quantizedAtBuild, false);
+    assert.equal(report.modelName, "vit-int8");
+    assert.equal(report.modelBytes, saved.weights.byteLength);
+    await assert.rejects(
+      buildBundle({ model: `${dir}/vit-int8`, precision: "f32", out: `${dir}/f32.mjs` }),
+      (error: unknown) => error instanceof EdgeVitError && /int8 only/.test(error.message),
     );
   } finally {
     await Deno.remove(dir, { recursive: true });
