@@ -3,7 +3,7 @@
  * answered over HTTP, the way an edge platform starts an isolate for a request.
  *
  *     deno run --allow-read --allow-write --allow-env --allow-run --allow-net=127.0.0.1 \
- *       bench/cold_start.ts [--runs 7]
+ *       bench/cold_start.ts [--runs 7] [--model DIR] [--precision int8|f32]
  *
  * Builds the bundle (as `deno task bundle` does) into a temporary folder, then for each way of starting it runs `--runs` fresh processes one after another
  * in a folder without deno.json. Per process it records: time to the "listening" line,
@@ -134,10 +134,12 @@ function median(values: number[]): number {
   return sorted.length % 2 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
 }
 
-function parse(args: string[]): { runs: number } {
-  const options = { runs: 7 };
+function parse(args: string[]): { runs: number; model?: string; precision?: "f32" | "int8" } {
+  const options: { runs: number; model?: string; precision?: "f32" | "int8" } = { runs: 7 };
   for (let i = 0; i < args.length; i++) {
     if (args[i] === "--runs") options.runs = Math.max(2, Number(args[++i]));
+    else if (args[i] === "--model") options.model = args[++i];
+    else if (args[i] === "--precision") options.precision = args[++i] as "f32" | "int8";
     else throw new Error(`unknown flag ${args[i]}`);
   }
   return options;
@@ -148,7 +150,7 @@ if (import.meta.main) {
   const work = await Deno.makeTempDir({ prefix: "edgevit-cold-" });
   try {
     const out = `${work}/edgevit.mjs`;
-    const report = await buildBundle({ out });
+    const report = await buildBundle({ out, model: options.model, precision: options.precision });
     const image = await Deno.readFile(IMAGE);
     console.log(
       `bundle ${report.bytes} bytes (${

@@ -196,6 +196,11 @@ let defaultHandler: EdgeVitHandler | null = null;
 /** Set when `deno serve` calls our `onListen`: it serves the default export itself. */
 let servedDeclaratively = false;
 
+/** " (N ms after start)": performance.now() counts from the isolate's start. */
+function sinceStart(): string {
+  return ` (${Math.round(performance.now())} ms after start)`;
+}
+
 function shownAddress(address: Deno.NetAddr): string {
   const host = address.hostname.includes(":") ? `[${address.hostname}]` : address.hostname;
   return `http://${host}:${address.port}/`;
@@ -277,7 +282,7 @@ async function serveMain(args: readonly string[]): Promise<number> {
   }
   try {
     await handler.ready;
-    console.log(`edgevit ready: ${config.models.join(", ") || assets.modelName}`);
+    console.log(`edgevit ready: ${config.models.join(", ") || assets.modelName}${sinceStart()}`);
   } catch (error) {
     if (stopping) return await stopped.promise;
     console.error(`edgevit: could not load the model: ${(error as Error).message}`);
@@ -305,6 +310,10 @@ const edgevit: {
     const handler = defaultHandler ??= createHandler();
     const shown = address.transport === "tcp" ? shownAddress(address as Deno.NetAddr) : "";
     console.log(`edgevit listening on ${shown || address.transport}`);
+    handler.ready.then(
+      () => console.log(`edgevit ready: ${assets.modelName}${sinceStart()}`),
+      (error) => console.error(`edgevit: could not load the model: ${(error as Error).message}`),
+    );
     // deno serve stops its listener on SIGTERM/SIGINT but would then wait forever for
     // the batchers' event-loop hooks: answer what is in flight, free the models, exit.
     let stopping = false;
