@@ -11,7 +11,7 @@
  * it waits for the model to load and warm up), and the peak resident memory (VmHWM).
  * The first run of a fresh bundle has no V8 code cache yet and is reported apart.
  *
- * Ways of starting: `deno run --allow-net` (wasm backend, the bundle's default),
+ * Ways of starting: a do-nothing server (Deno's own start-up), `deno run --allow-net` (wasm backend, the bundle's default),
  * `deno serve`, `deno run ... --backend auto` (asks for a WebGPU adapter first), and,
  * for comparison, the unbundled server (`src/server/main.ts`, same model, wasm).
  *
@@ -23,6 +23,8 @@ import { buildBundle, type BuildReport } from "../src/bundle/build.ts";
 interface Sample {
   listenMs: number;
   firstMs: number;
+  /** CPU time (user + system, all threads) the process had used by its first answer. */
+  cpuMs: number | null;
   peakRssMb: number | null;
 }
 
@@ -34,7 +36,22 @@ interface Way {
 const ROOT = new URL("../", import.meta.url);
 const IMAGE = new URL("tests/fixtures/images/chelsea.jpg", ROOT);
 
+/** A server that answers without doing anything: what Deno itself costs to start. */
+const BASELINE = `Deno.serve({
+  hostname: "127.0.0.1",
+  port: 0,
+  onListen: ({ port }) => console.log("edgevit listening on http://127.0.0.1:" + port + "/"),
+}, async (request) => {
+  await request.arrayBuffer();
+  return new Response("{}");
+});
+`;
+
 const WAYS: Way[] = [
+  {
+    name: "baseline: deno run --allow-net hello.mjs (answers at once)",
+    args: (bundle) => ["run", "--allow-net", bundle.replace(/[^/]*$/, "hello.mjs")],
+  },
   {
     name: "deno run --allow-net edgevit.mjs",
     args: (bundle) => ["run", "--allow-net", bundle, "--host", "127.0.0.1", "--port", "0"],
@@ -71,14 +88,38 @@ const WAYS: Way[] = [
   },
 ];
 
-/** VmHWM of a process (Deno lets only --allow-all read /proc, so `cat` reads it). */
-async function peakRssMb(pid: number): Promise<number | null> {
+/** Clock ticks per second of /proc/<pid>/stat times. */
+const CLOCK_TICKS = await (async () => {
   try {
-    const output = await new Deno.Command("cat", { args: [`/proc/${pid}/status`] }).output();
-    const match = new TextDecoder().decode(output.stdout).match(/VmHWM:\s+(\d+)\s+kB/);
-    return match ? Number(match[1]) / 1024 : null;
+    const output = await new Deno.Command("getconf", { args: ["CLK_TCK"] }).output();
+    return Number(new TextDecoder().decode(output.stdout).trim()) || 100;
   } catch {
-    return null;
+    return 100;
+  }
+})();
+
+/**
+ * CPU time so far and peak resident memory (VmHWM) of a process. Deno lets only
+ * --allow-all read /proc, so `cat` reads it.
+ */
+async function processUsage(
+  pid: number,
+): Promise<{ cpuMs: number | null; peakRssMb: number | null }> {
+  try {
+    const output = await new Deno.Command("cat", {
+      args: [`/proc/${pid}/stat`, `/proc/${pid}/status`],
+    }).output();
+    const text = new TextDecoder().decode(output.stdout);
+    // Fields after the ")" that closes the command name: utime and stime are the 12th and 13th.
+    const fields = text.slice(text.indexOf(")") + 2).split(" ");
+    const ticks = Number(fields[11]) + Number(fields[12]);
+    const hwm = text.match(/VmHWM:\s+(\d+)\s+kB/);
+    return {
+      cpuMs: Number.isFinite(ticks) ? ticks * 1000 / CLOCK_TICKS : null,
+      peakRssMb: hwm ? Number(hwm[1]) / 1024 : null,
+    };
+  } catch {
+    return { cpuMs: null, peakRssMb: null };
   }
 }
 
@@ -113,7 +154,7 @@ async function startOnce(args: string[], cwd: string, image: Uint8Array): Promis
     const body = await response.text();
     const firstMs = performance.now() - start;
     if (response.status !== 200) throw new Error(`classify answered ${response.status}: ${body}`);
-    return { listenMs, firstMs, peakRssMb: await peakRssMb(child.pid) };
+    return { listenMs, firstMs, ...await processUsage(child.pid) };
   } finally {
     try {
       child.kill("SIGTERM");
@@ -152,15 +193,16 @@ if (import.meta.main) {
     const out = `${work}/edgevit.mjs`;
     const report = await buildBundle({ out, model: options.model, precision: options.precision });
     const image = await Deno.readFile(IMAGE);
+    await Deno.writeTextFile(`${work}/hello.mjs`, BASELINE);
     console.log(
       `bundle ${report.bytes} bytes (${
         (report.bytes / 1048576).toFixed(2)
       } MB), model ${report.modelName} (${report.precision}), ${options.runs} runs per way\n`,
     );
     console.log(
-      "| start | first run: listening / first answer | median of the others: listening / first answer | peak RSS |",
+      "| start | first run: listening / first answer | others (median): listening / first answer | CPU time to first answer (median) | peak RSS |",
     );
-    console.log("| --- | --- | --- | --- |");
+    console.log("| --- | --- | --- | --- | --- |");
     for (const way of WAYS) {
       // A fresh copy, so the first run of each way really has no code cache.
       const copy = `${work}/${crypto.randomUUID()}.mjs`;
@@ -170,13 +212,15 @@ if (import.meta.main) {
         samples.push(await startOnce(way.args(copy, report), work, image));
       }
       const [first, ...rest] = samples;
-      const rss = samples.map((s) => s.peakRssMb).filter((v): v is number => v !== null);
+      const known = (values: (number | null)[]) => values.filter((v): v is number => v !== null);
+      const rss = known(samples.map((s) => s.peakRssMb));
+      const cpu = known(samples.map((s) => s.cpuMs));
       console.log(
         `| ${way.name} | ${first.listenMs.toFixed(0)} ms / ${first.firstMs.toFixed(0)} ms | ${
           median(rest.map((s) => s.listenMs)).toFixed(0)
         } ms / ${median(rest.map((s) => s.firstMs)).toFixed(0)} ms | ${
-          rss.length ? `${median(rss).toFixed(0)} MB` : "—"
-        } |`,
+          cpu.length ? `${median(cpu).toFixed(0)} ms` : "—"
+        } | ${rss.length ? `${median(rss).toFixed(0)} MB` : "—"} |`,
       );
     }
   } finally {
