@@ -33,7 +33,8 @@ export interface BundleAssets {
   modelName: string;
   /**
    * The built-in model: its files as bytes (embedded), or a location the entry loads at
-   * start (an `http(s):` URL of a model folder; a folder path when unbundled).
+   * start (an `http(s):` URL of a model folder; a folder path when unbundled). Bundles
+   * decode the bytes anew on each read, so keep them only as long as loading needs.
    */
   model: ModelBundle | string;
   /** Precision the built-in model loads at unless told otherwise ("f32" or "int8"). */

@@ -343,7 +343,10 @@ function bytes(text) {
 export function bundleAssets() {
   return {
   modelName: ${JSON.stringify(modelName)},
-  model: ${modelExpression},
+  // Decoded on each use, so the bytes can be freed once the backend holds the weights.
+  get model() {
+    return ${modelExpression};
+  },
   precision: ${JSON.stringify(precision)},
   backend: ${JSON.stringify(backend)},
   wasm: {

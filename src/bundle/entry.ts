@@ -134,9 +134,7 @@ function probe(bytes: Uint8Array, limits: { maxPixels: number }) {
  * ```
  */
 export function createHandler(options: EdgeHandlerOptions = {}): EdgeVitHandler {
-  const specs: readonly EdgeModel[] = options.models && options.models.length > 0
-    ? options.models
-    : [{ name: assets.modelName, source: assets.model }];
+  const given = options.models && options.models.length > 0 ? options.models : null;
   const precision = options.precision ?? assets.precision;
   if (precision !== "f32" && precision !== "int8") {
     throw new EdgeVitError("invalid_argument", `precision must be f32 or int8, got ${precision}`);
@@ -147,6 +145,8 @@ export function createHandler(options: EdgeHandlerOptions = {}): EdgeVitHandler 
     probe,
     models: async () => {
       const models: ServedModel[] = [];
+      // Read here, not kept: the embedded bytes can go once the backend holds the weights.
+      const specs = given ?? [{ name: assets.modelName, source: assets.model }];
       try {
         await prepareDecoders();
         for (const [i, spec] of specs.entries()) {
