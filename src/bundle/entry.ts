@@ -221,6 +221,8 @@ function permittedEnv(): Record<string, string> {
 /** `deno run dist/edgevit.mjs [flags]`: serves until SIGTERM/SIGINT, then exits 0. */
 async function serveMain(args: readonly string[]): Promise<number> {
   const env = permittedEnv();
+  // Platforms often set HOST to the machine's name, not to an address to bind.
+  delete env.HOST;
   let config: ServerConfig;
   try {
     const parsed = parseServerArgs(args, env);
@@ -252,7 +254,7 @@ async function serveMain(args: readonly string[]): Promise<number> {
   });
   const listening = Promise.withResolvers<void>();
   const server = Deno.serve({
-    ...(explicit("host", ["EDGEVIT_HOST", "HOST"]) ? { hostname: config.host } : {}),
+    ...(explicit("host", ["EDGEVIT_HOST"]) ? { hostname: config.host } : {}),
     ...(explicit("port", ["PORT", "EDGEVIT_PORT"]) ? { port: config.port } : {}),
     onListen(address) {
       console.log(`edgevit listening on ${shownAddress(address as Deno.NetAddr)}`);
