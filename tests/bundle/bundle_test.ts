@@ -62,11 +62,15 @@ interface BundleProcess {
  * Runs `deno <args>` in `cwd` with only the given environment and waits for the bundle's
  * "listening on" line.
  */
-async function spawnBundle(args: string[], cwd: string): Promise<BundleProcess> {
+async function spawnBundle(
+  args: string[],
+  cwd: string,
+  env: Record<string, string> = {},
+): Promise<BundleProcess> {
   const child = new Deno.Command(Deno.execPath(), {
     args,
     cwd,
-    env: { NO_COLOR: "1", DENO_NO_UPDATE_CHECK: "1", DENO_NO_PACKAGE_JSON: "1" },
+    env: { NO_COLOR: "1", DENO_NO_UPDATE_CHECK: "1", DENO_NO_PACKAGE_JSON: "1", ...env },
     stdin: "null",
     stdout: "piped",
     stderr: "piped",
@@ -265,6 +269,26 @@ Deno.test("deno serve runs the bundle's default export on the address it is give
   }
   assert.equal(status.code, 0, server.stderr());
   assert.doesNotMatch(server.stderr(), /NotCapable|PermissionDenied|AddrInUse/);
+});
+
+Deno.test("with env access the bundle takes its settings from EDGEVIT_* variables", async () => {
+  const { dir, report } = await defaultBuild();
+  const server = await spawnBundle(
+    ["run", "--allow-net", "--allow-env", report.out, "--port", "0"],
+    dir,
+    // HOST is a machine name on many platforms: only EDGEVIT_HOST is an address to bind.
+    { EDGEVIT_API_KEY: "edge-key", EDGEVIT_HOST: "127.0.0.1", HOST: "no-such-host.invalid" },
+  );
+  try {
+    const anonymous = await fetch(`${server.base}/v1/models`);
+    assert.equal(anonymous.status, 401);
+    await anonymous.body?.cancel();
+    const keyed = await fetch(`${server.base}/v1/models`, { headers: { "x-api-key": "edge-key" } });
+    assert.equal(keyed.status, 200);
+    assert.equal((await keyed.json()).models[0].name, report.modelName);
+  } finally {
+    await server.stop();
+  }
 });
 
 Deno.test("the bundle exports createHandler and default.fetch for custom routing", async () => {
