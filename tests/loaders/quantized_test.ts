@@ -338,3 +338,43 @@ Deno.test("deno task quantize's flags are checked, and the command writes an int
     await Deno.remove(out, { recursive: true });
   }
 });
+
+Deno.test("bfloat16 and sharded checkpoints quantize to one file that loads like quantizing at load", async () => {
+  const dir = fixture("vitpytorch-vit-cls");
+  const config = JSON.parse(await Deno.readTextFile(`${dir}/config.json`));
+  const file = parseSafetensors(await Deno.readFile(`${dir}/model.safetensors`));
+  // bfloat16 (exact on the way back to float32) in two shards with an index
+  const shards: Record<string, SafetensorsInput>[] = [{}, {}];
+  const weightMap: Record<string, string> = {};
+  let i = 0;
+  for (const [name, entry] of file.tensors) {
+    const bits = new Uint32Array(toFloat32(entry).buffer);
+    const data = new Uint16Array(bits.length).map((_, j) => bits[j] >>> 16);
+    shards[i % 2][name] = { dtype: "BF16", shape: entry.shape, data };
+    weightMap[name] = `model-0000${(i % 2) + 1}-of-00002.safetensors`;
+    i++;
+  }
+  const bundle = {
+    config,
+    weights: {
+      "model-00001-of-00002.safetensors": serializeSafetensors(shards[0]),
+      "model-00002-of-00002.safetensors": serializeSafetensors(shards[1]),
+    },
+    index: { weight_map: weightMap },
+  };
+  const q = await quantizeCheckpoint(bundle);
+  const written = parseSafetensors(q.weights).tensors;
+  for (const [name, entry] of written) {
+    assert.equal(entry.dtype, q.quantized.includes(name) ? "I8" : "F32", name);
+  }
+  const input = new Float32Array(2 * 3 * 32 * 32).map((_, j) => Math.sin(j));
+  const logits = async (source: typeof bundle | { config: unknown; weights: Uint8Array }) => {
+    const model = await loadModel(source as never, { backend: "reference", precision: "int8" });
+    try {
+      return await model.forward(input, [2, 3, 32, 32]);
+    } finally {
+      model.close();
+    }
+  };
+  assert.deepEqual(await logits({ config: q.config, weights: q.weights }), await logits(bundle));
+});
