@@ -17,7 +17,9 @@
  */
 
 import encodePng from "@jsquash/png/encode.js";
+import process from "node:process";
 import { serializeSafetensors } from "../src/loaders/safetensors.ts";
+import { type BackendChoice, loadModel } from "../src/model.ts";
 
 interface Options {
   model: string | null;
@@ -226,15 +228,29 @@ async function makeImage(base: string): Promise<Uint8Array<ArrayBuffer>> {
   return new Uint8Array(await encodePng({ data, width, height, colorSpace: "srgb" } as ImageData));
 }
 
-async function batchStats(base: string): Promise<{ sum: number; count: number }> {
+/** CPU time (user + system) this process has used, in ms. */
+function selfCpuMs(): number {
+  const usage = process.cpuUsage();
+  return (usage.user + usage.system) / 1000;
+}
+
+/**
+ * The server's batch counters and CPU time, from /metrics. Wall-clock figures on a
+ * shared machine mostly measure the scheduler; CPU time per request measures the
+ * server's own work.
+ */
+async function serverStats(base: string): Promise<{ sum: number; count: number; cpuMs: number }> {
   const text = await (await fetch(`${base}/metrics`)).text();
   let sum = 0;
   let count = 0;
+  let cpuMs = NaN;
   for (const line of text.split("\n")) {
-    if (line.startsWith("edgevit_batch_size_sum")) sum += Number(line.split(" ")[1]);
-    if (line.startsWith("edgevit_batch_size_count")) count += Number(line.split(" ")[1]);
+    const value = Number(line.split(" ")[1]);
+    if (line.startsWith("edgevit_batch_size_sum")) sum += value;
+    if (line.startsWith("edgevit_batch_size_count")) count += value;
+    if (line.startsWith("process_cpu_seconds_total ")) cpuMs = value * 1000;
   }
-  return { sum, count };
+  return { sum, count, cpuMs };
 }
 
 interface Level {
@@ -246,6 +262,8 @@ interface Level {
   p50: number;
   p99: number;
   meanBatch: number;
+  /** Server CPU time per request, ms. */
+  serverCpu: number;
   errors: number;
 }
 
@@ -255,13 +273,14 @@ function percentile(sorted: number[], p: number): number {
 }
 
 async function runLevel(
-  base: string,
+  server: Server,
   image: Uint8Array<ArrayBuffer>,
   clients: number,
   requests: number,
   batching: boolean,
 ): Promise<Level> {
-  const before = await batchStats(base);
+  const base = server.base;
+  const before = await serverStats(base);
   const latencies: number[] = [];
   let errors = 0;
   let next = 0;
@@ -281,7 +300,8 @@ async function runLevel(
     }
   }));
   const seconds = (performance.now() - start) / 1000;
-  const after = await batchStats(base);
+  const after = await serverStats(base);
+  const serverCpu = (after.cpuMs - before.cpuMs) / requests;
   latencies.sort((a, b) => a - b);
   return {
     batching,
@@ -292,8 +312,34 @@ async function runLevel(
     p50: percentile(latencies, 50),
     p99: percentile(latencies, 99),
     meanBatch: (after.sum - before.sum) / Math.max(1, after.count - before.count),
+    serverCpu,
     errors,
   };
+}
+
+/**
+ * The model alone: CPU ms per image of a forward at batch 1, 4 and 16 (what batching can
+ * save at most, before HTTP, decoding and JSON take their share).
+ */
+async function forwardCost(model: string, backend: string): Promise<Record<number, number>> {
+  const loaded = await loadModel(model, { backend: backend as BackendChoice });
+  const { channels } = loaded.config;
+  const { height, width } = loaded.config.inputSize ?? { height: 64, width: 64 };
+  const costs: Record<number, number> = {};
+  try {
+    for (const n of [1, 4, 16]) {
+      const pixels = new Float32Array(n * channels * height * width);
+      const shape = [n, channels, height, width];
+      for (let i = 0; i < 3; i++) await loaded.forward(pixels, shape);
+      const runs = Math.ceil(320 / n);
+      const before = selfCpuMs();
+      for (let i = 0; i < runs; i++) await loaded.forward(pixels, shape);
+      costs[n] = (selfCpuMs() - before) / (runs * n);
+    }
+  } finally {
+    loaded.close();
+  }
+  return costs;
 }
 
 function median(values: number[]): number {
@@ -323,11 +369,17 @@ async function main() {
   );
   const servers: Server[] = [];
   try {
+    const costs = await forwardCost(model, options.backend);
+    console.log(
+      `forward alone, CPU ms per image: ${
+        Object.entries(costs).map(([n, ms]) => `batch ${n}: ${ms.toFixed(3)}`).join(", ")
+      }`,
+    );
     servers.push(await startServer(options, model, 1));
     servers.push(await startServer(options, model, options.maxBatch));
     const image = await makeImage(servers[0].base);
     for (const server of servers) {
-      await runLevel(server.base, image, 8, Math.min(300, options.requests), false); // warm-up
+      await runLevel(server, image, 8, Math.min(300, options.requests), false); // warm-up
     }
     const runs: Level[] = [];
     for (let trial = 0; trial < options.trials; trial++) {
@@ -336,7 +388,7 @@ async function main() {
         const order = trial % 2 === 0 ? [0, 1] : [1, 0];
         for (const index of order) {
           const level = await runLevel(
-            servers[index].base,
+            servers[index],
             image,
             clients,
             options.requests,
@@ -347,7 +399,8 @@ async function main() {
             `trial ${trial + 1} batching ${level.batching ? "on " : "off"} clients ` +
               `${String(clients).padStart(2)}: ${level.throughput.toFixed(1)} req/s, ` +
               `p50 ${level.p50.toFixed(2)} ms, p99 ${level.p99.toFixed(2)} ms, ` +
-              `mean batch ${level.meanBatch.toFixed(2)}` +
+              `mean batch ${level.meanBatch.toFixed(2)}, ` +
+              `server CPU ${level.serverCpu.toFixed(3)} ms/request` +
               (level.errors ? `, ${level.errors} errors` : ""),
           );
         }
@@ -360,18 +413,24 @@ async function main() {
         p50: median(levels.map((r) => r.p50)),
         p99: median(levels.map((r) => r.p99)),
         meanBatch: median(levels.map((r) => r.meanBatch)),
+        serverCpu: median(levels.map((r) => r.serverCpu)),
         errors: levels.reduce((total, r) => total + r.errors, 0),
       };
     };
     console.log(`\nMedians of ${options.trials} trials:\n`);
-    console.log("| clients | batching | req/s | p50 ms | p99 ms | mean batch |");
-    console.log("| ------: | -------- | ----: | -----: | -----: | ---------: |");
+    console.log(
+      "| clients | batching | req/s | p50 ms | p99 ms | mean batch | server CPU ms/request |",
+    );
+    console.log(
+      "| ------: | -------- | ----: | -----: | -----: | ---------: | --------------------: |",
+    );
     for (const clients of options.clients) {
       for (const batching of [false, true]) {
         const m = summary(clients, batching);
         console.log(
           `| ${clients} | ${batching ? "on" : "off"} | ${m.throughput.toFixed(0)} | ` +
-            `${m.p50.toFixed(2)} | ${m.p99.toFixed(2)} | ${m.meanBatch.toFixed(2)} |`,
+            `${m.p50.toFixed(2)} | ${m.p99.toFixed(2)} | ${m.meanBatch.toFixed(2)} | ` +
+            `${m.serverCpu.toFixed(3)} |`,
         );
       }
     }
@@ -382,7 +441,8 @@ async function main() {
       console.log(
         `${clients} clients, batching on vs off: throughput ×${
           (on.throughput / off.throughput).toFixed(2)
-        }, p50 ×${(on.p50 / off.p50).toFixed(2)}, p99 ×${(on.p99 / off.p99).toFixed(2)}`,
+        }, p50 ×${(on.p50 / off.p50).toFixed(2)}, p99 ×${(on.p99 / off.p99).toFixed(2)}, ` +
+          `server CPU per request ×${(on.serverCpu / off.serverCpu).toFixed(2)}`,
       );
     }
   } finally {

@@ -7,6 +7,8 @@
  * @module
  */
 
+import process from "node:process";
+
 type Labels = Record<string, string>;
 
 function labelKey(labels: Labels): string {
@@ -191,12 +193,20 @@ export class ServerMetrics {
     "edgevit_requests_in_flight",
     "Classify requests admitted and not yet answered.",
   );
+  readonly cpu = new Gauge(
+    "process_cpu_seconds_total",
+    "User and system CPU time the process has used (a counter; read at scrape time).",
+  );
   readonly memory = new Gauge(
     "edgevit_process_memory_bytes",
     "Process memory by kind (rss, heap_used, heap_total, external).",
   );
 
   constructor() {
+    this.cpu.collect(() => {
+      const usage = process.cpuUsage(); // µs
+      return [[{}, (usage.user + usage.system) / 1e6]];
+    });
     this.memory.collect(() => {
       // Edge runtimes may lack it; the metric is then simply absent.
       if (typeof Deno === "undefined" || typeof Deno.memoryUsage !== "function") return [];
@@ -226,6 +236,7 @@ export class ServerMetrics {
       this.batchTokens,
       this.queueDepth,
       this.inFlight,
+      this.cpu,
       this.memory,
     ];
     return all.map((metric) => metric.render()).join("\n") + "\n";
