@@ -227,7 +227,8 @@ pub unsafe extern "C" fn softmax_f32(x: *const f32, rows: usize, cols: usize, ou
                 mv = f32x4_max(mv, v128_or(v128_and(tail, lane_mask(cols - c)), pad));
             }
             let pair = f32x4_max(mv, i32x4_shuffle::<2, 3, 0, 1>(mv, mv));
-            let max = f32x4_extract_lane::<0>(f32x4_max(pair, i32x4_shuffle::<1, 0, 3, 2>(pair, pair)));
+            let max =
+                f32x4_extract_lane::<0>(f32x4_max(pair, i32x4_shuffle::<1, 0, 3, 2>(pair, pair)));
             let maxv = f32x4_splat(max);
             let mut sv = f32x4_splat(0.0);
             c = 0;
