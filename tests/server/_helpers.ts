@@ -21,7 +21,7 @@ export const VIT_FIXTURE = "../shared/fixtures/parity/vitpytorch-vit-cls";
 export const NAVIT_FIXTURE = "../shared/fixtures/parity/vitpytorch-navit";
 
 /** The backend the server tests run models on. */
-export const TEST_BACKEND = "reference";
+export const TEST_BACKEND = "wasm";
 
 /** A handler served by Deno.serve on 127.0.0.1 at a free port. */
 export interface RunningServer {
