@@ -421,3 +421,43 @@ Deno.test("the service answers what the engine's own classify answers for the sa
     model.close();
   }
 });
+
+Deno.test("tokenBudget lowers an ATS model's tokens per request and matches the engine at that budget", async () => {
+  const ats = "../shared/fixtures/parity/vitpytorch-ats";
+  const model = await loadModel(ats, { backend: TEST_BACKEND });
+  try {
+    await withServer({ models: [ats], maxWaitMs: 50 }, async ({ base }) => {
+      const image = await png(32, 32, 31);
+      const full = await classifyRaw(base, image, "image/png", "?topK=3");
+      const json = await fetch(`${base}/v1/classify?topK=3`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ image: base64(image), tokenBudget: 2 }),
+      });
+      const pruned: ClassifyBody = await json.json();
+      assert.equal(full.status, 200);
+      assert.equal(json.status, 200);
+      assert.ok(
+        pruned.results[0].tokens < full.body.results[0].tokens,
+        `budget 2 kept ${pruned.results[0].tokens} tokens, no budget ${
+          full.body.results[0].tokens
+        }`,
+      );
+      const direct = await model.classify(image, { topK: 3, tokenBudget: 2 });
+      assert.deepEqual(pruned.results[0].top.map((t) => t.index), direct.map((c) => c.index));
+      pruned.results[0].top.forEach((t, i) =>
+        assert.ok(Math.abs(t.score - direct[i].score) < 1e-6)
+      );
+
+      // Requests with different budgets arriving together are answered each at its own budget.
+      const [a, b] = await Promise.all([
+        classifyRaw(base, image, "image/png", "?tokenBudget=2"),
+        classifyRaw(base, image, "image/png", "?tokenBudget=40"),
+      ]);
+      assert.equal(a.body.results[0].tokens, pruned.results[0].tokens);
+      assert.ok(b.body.results[0].tokens > a.body.results[0].tokens);
+    });
+  } finally {
+    model.close();
+  }
+});
