@@ -44,6 +44,7 @@ export function servedModelFromModel(name: string, model: Model): ServedModel {
       library: config.library,
       architecture: config.architecture,
       preprocess: config.preprocess,
+      config: config.checkpoint,
     }),
     // The decoders compile their wasm on first use: do it before the first request.
     warmup: () => initDecoders(),

@@ -72,7 +72,10 @@ Deno.test("health, readiness and the model list answer once the model is warmed 
     assert.equal(model.labels.length, 10);
     assert.deepEqual(model.inputSize, { height: 32, width: 32 });
     assert.equal(model.packed, false);
-    assert.equal(typeof model.backend, "string");
+    assert.equal(model.backend, TEST_BACKEND);
+    assert.equal(model.library, "vit-pytorch");
+    assert.equal(model.architecture, "ViT");
+    assert.equal(model.config.kwargs.dim, 64, "the checkpoint's own config.json");
   });
 });
 
