@@ -121,3 +121,80 @@ Deno.test("bad flags make serve exit 2 with the usage text", async () => {
   assert.match(stderr, /--port must be a whole number/);
   assert.match(stderr, /Usage: deno task serve/);
 });
+
+Deno.test("a model folder that cannot be loaded makes serve exit 1 with the reason", async () => {
+  const output = await new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "--allow-net=127.0.0.1",
+      "--allow-read",
+      "--allow-env",
+      "src/server/main.ts",
+      "--port",
+      "0",
+      "--model",
+      "tests/server/no-such-model",
+    ],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  assert.equal(output.code, 1);
+  assert.match(new TextDecoder().decode(output.stderr), /could not load the model: .*config\.json/);
+});
+
+Deno.test("deno serve runs src/server/serve.ts configured from the environment", async () => {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: [
+      "serve",
+      "--allow-net=127.0.0.1",
+      "--allow-read",
+      "--allow-env",
+      "--host",
+      "127.0.0.1",
+      "--port",
+      "0",
+      "src/server/serve.ts",
+    ],
+    env: { EDGEVIT_MODEL: VIT_FIXTURE, EDGEVIT_BACKEND: TEST_BACKEND, EDGEVIT_API_KEY: "k" },
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  try {
+    let text = "";
+    const decoder = new TextDecoder();
+    const reader = child.stderr.getReader();
+    const stdout = child.stdout.getReader();
+    let port = 0;
+    const deadline = Date.now() + 20_000;
+    while (!port && Date.now() < deadline) {
+      const chunk = await Promise.race([reader.read(), stdout.read()]);
+      if (chunk.done) break;
+      text += decoder.decode(chunk.value);
+      port = Number(text.match(/Listening on http:\/\/127\.0\.0\.1:(\d+)\//)?.[1] ?? 0);
+    }
+    assert.ok(port > 0, `deno serve did not listen:\n${text}`);
+    const base = `http://127.0.0.1:${port}`;
+    while ((await (await fetch(`${base}/readyz`)).text()).includes("not_ready")) {
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    const unauthorized = await fetch(`${base}/v1/models`);
+    assert.equal(unauthorized.status, 401, "EDGEVIT_API_KEY applies");
+    await unauthorized.body?.cancel();
+    const response = await fetch(`${base}/v1/classify?topK=2`, {
+      method: "POST",
+      headers: { "content-type": "image/png", authorization: "Bearer k" },
+      body: await png(32, 32, 9),
+    });
+    assert.equal(response.status, 200);
+    const body = await response.json();
+    assert.equal(body.model, "vitpytorch-vit-cls");
+    assert.equal(body.results[0].top.length, 2);
+    reader.releaseLock();
+    stdout.releaseLock();
+  } finally {
+    child.kill("SIGTERM");
+    await child.status;
+    await child.stdout.cancel().catch(() => {});
+    await child.stderr.cancel().catch(() => {});
+  }
+});
