@@ -56,10 +56,18 @@ export interface HandlerOptions extends Partial<HandlerLimits> {
  * `/v1/models`, `/healthz`, `/readyz` and `/metrics`.
  *
  * @example
- * ```ts ignore
+ * ```ts
  * import { createHandler } from "./handler.ts";
- * const handler = createHandler({ models: ["models/vit-fmnist"], maxBatch: 16 });
- * Deno.serve({ hostname: "127.0.0.1", port: 8000 }, handler);
+ * const handler = createHandler({
+ *   models: ["../shared/fixtures/parity/vitpytorch-vit-cls"],
+ *   backend: "wasm",
+ *   maxBatch: 16,
+ * });
+ * await handler.ready; // loaded and warmed up
+ * const response = await handler(new Request("http://localhost/v1/models"));
+ * console.log(response.status); // 200
+ * await handler.close();
+ * // In a server: Deno.serve({ hostname: "127.0.0.1", port: 8000 }, handler);
  * ```
  */
 export function createHandler(options: HandlerOptions = {}): EdgeVitHandler {
