@@ -464,3 +464,29 @@ Deno.test("tokenBudget lowers an ATS model's tokens per request and matches the 
     model.close();
   }
 });
+
+Deno.test("several models are served side by side and picked by name", async () => {
+  await withServer(
+    { models: [VIT_FIXTURE, `navit=${NAVIT_FIXTURE}`] },
+    async ({ base }) => {
+      const listed = await (await fetch(`${base}/v1/models`)).json();
+      assert.deepEqual(
+        listed.models.map((m: { name: string; default: boolean; packed: boolean }) => [
+          m.name,
+          m.default,
+          m.packed,
+        ]),
+        [["vitpytorch-vit-cls", true, false], ["navit", false, true]],
+      );
+      const image = await png(40, 24, 41);
+      const byDefault = await classifyRaw(base, image);
+      assert.equal(byDefault.body.model, "vitpytorch-vit-cls");
+      const byName = await classifyRaw(base, image, "image/png", "?model=navit");
+      assert.equal(byName.status, 200);
+      assert.equal(byName.body.model, "navit");
+      assert.equal(byName.body.results[0].tokens, (40 / 8) * (24 / 8), "NaViT at the image's size");
+      const metrics = await (await fetch(`${base}/metrics`)).text();
+      assert.match(metrics, /edgevit_queue_depth\{model="navit"\} 0/);
+    },
+  );
+});
