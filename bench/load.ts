@@ -86,7 +86,7 @@ const FMNIST_VIT = {
   num_classes: 10,
   channels: 1,
   dim: 64,
-  depth: 6,
+  depth: 4,
   heads: 4,
   dim_head: 16,
   mlp_dim: 128,

@@ -198,6 +198,23 @@ Deno.test("bad requests get the right status and a JSON error with a code", asyn
       413,
       "too_large",
     );
+    // Streamed (chunked) with no Content-Length: cut off while reading.
+    const chunked = new ReadableStream<Uint8Array>({
+      start(controller) {
+        for (let i = 0; i < 10; i++) controller.enqueue(new Uint8Array(10 * 1024));
+        controller.close();
+      },
+    });
+    await expectError(
+      await fetch(`${base}/v1/classify`, {
+        method: "POST",
+        headers: { "content-type": "image/png" },
+        body: chunked,
+        duplex: "half",
+      } as RequestInit),
+      413,
+      "too_large",
+    );
     await expectError(await post(pngClaiming(100_000, 100_000), "image/png"), 413, "too_large");
     await expectError(await post(pngClaiming(1001, 1000), "image/png"), 413, "too_large");
     await expectError(
