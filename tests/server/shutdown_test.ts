@@ -54,7 +54,13 @@ Deno.test("SIGTERM refuses new work, finishes the request in flight, closes the 
   await new Promise((resolve) => setTimeout(resolve, 200));
 
   server.child.kill("SIGTERM");
-  await new Promise((resolve) => setTimeout(resolve, 200));
+  // Draining shows on /readyz first (the signal may take a moment on a busy machine).
+  for (let i = 0; i < 200; i++) {
+    const readiness = await fetch(`${server.base}/readyz`);
+    await readiness.body?.cancel();
+    if (readiness.status === 503) break;
+    await new Promise((resolve) => setTimeout(resolve, 25));
+  }
   // New work is refused while the request in flight is still being served.
   const late = await fetch(`${server.base}/v1/classify`, {
     method: "POST",
