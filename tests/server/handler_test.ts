@@ -276,6 +276,16 @@ Deno.test("with an API key, /v1 and /metrics need it while health checks stay op
   });
 });
 
+/** Waits until the server reports `count` classify requests in progress. */
+async function admitted(base: string, count: number) {
+  for (let i = 0; i < 400; i++) {
+    const text = await (await fetch(`${base}/metrics`)).text();
+    if (metricValue(text, "edgevit_requests_in_flight") === count) return;
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+  throw new Error(`the server never had ${count} requests in flight`);
+}
+
 /** A request body that sends a few bytes and then stalls until `release` resolves. */
 function stallingBody(release: Promise<void>, bytes: Uint8Array) {
   return new ReadableStream<Uint8Array>({
@@ -298,8 +308,7 @@ Deno.test("a full server answers 503 with Retry-After, and a stalled request tim
       body: stallingBody(release.promise, image),
       duplex: "half",
     } as RequestInit);
-    // Let the stalled request be admitted first.
-    await new Promise((resolve) => setTimeout(resolve, 100));
+    await admitted(base, 1);
     const refused = await classifyRaw(base, image);
     assert.equal(refused.status, 503);
     assert.equal((refused.body as unknown as { error: { code: string } }).error.code, "queue_full");
@@ -324,7 +333,7 @@ Deno.test("queue_full carries a Retry-After header", async () => {
       body: stallingBody(release.promise, image),
       duplex: "half",
     } as RequestInit);
-    await new Promise((resolve) => setTimeout(resolve, 100));
+    await admitted(base, 1);
     const refused = await fetch(`${base}/v1/classify`, {
       method: "POST",
       headers: { "content-type": "image/png" },
