@@ -8,6 +8,9 @@
 
 import { EdgeVitError } from "../errors.ts";
 
+/** Folder name of the model `deno task serve` loads when given none (under models/). */
+export const DEFAULT_MODEL = "vit-fmnist";
+
 /** Everything `deno task serve` can be told. */
 export interface ServerConfig {
   host: string;
@@ -82,7 +85,8 @@ const FLAGS: Record<string, FlagSpec> = {
     key: "models",
     kind: "list",
     env: ["EDGEVIT_MODEL"],
-    help: "model folder or URL, repeatable (env: comma-separated); `name=path` names it",
+    help: `model folder or URL, repeatable (env: comma-separated); \`name=path\` names it ` +
+      `[the embedded models/${DEFAULT_MODEL}]`,
   },
   "backend": {
     key: "backend",

@@ -15,15 +15,14 @@
 import { EdgeVitError } from "../errors.ts";
 import { checkLimits, sniffImage } from "../image/sniff.ts";
 import { type Arrivals, Batcher, type JobResult } from "./batcher.ts";
-import { splitModelArg } from "./config.ts";
+import { DEFAULT_MODEL, splitModelArg } from "./config.ts";
 import type { ImageProbe, InferenceOptions, PreparedImage, ServedModel } from "./engine.ts";
 import { errorResponse, HttpError } from "./http_errors.ts";
 import { ServerMetrics } from "./metrics.ts";
 import { loadServedModel, servedModelFromModel } from "./model_loader.ts";
 import { Model } from "../model.ts";
 
-/** Folder name of the model `deno task serve` loads when given none (under models/). */
-export const DEFAULT_MODEL = "vit-fmnist";
+export { DEFAULT_MODEL };
 
 /** Path of the embedded default model, wherever the process runs from. */
 export function defaultModelLocation(): string {
