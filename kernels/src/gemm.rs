@@ -17,7 +17,7 @@
 //! sliver stays in L1 while the row pairs of an `MC`-row block pass over it, and that
 //! `MC × KC` A block stays in L2 while all weight panels pass over it.
 
-use crate::math::gelu_v;
+use crate::math::gelu_n;
 use crate::simd::*;
 
 pub const MR: usize = 2;
@@ -137,6 +137,7 @@ unsafe fn finish<const R: usize>(
     gelu: bool,
 ) {
     unsafe {
+        let mut y = tile;
         for r in 0..R {
             let dst = c.add(r * ldc);
             let prev = if first {
@@ -146,14 +147,18 @@ unsafe fn finish<const R: usize>(
             } else {
                 load_partial(dst, cols)
             };
-            let mut y = f32x4_add(tile[r], prev);
-            if gelu {
-                y = gelu_v(y);
-            }
+            y[r] = f32x4_add(tile[r], prev);
+        }
+        if gelu {
+            // All rows of the tile at once: shared constants, overlapped chains.
+            y = gelu_n(y);
+        }
+        for r in 0..R {
+            let dst = c.add(r * ldc);
             if cols == NR {
-                store(dst, y);
+                store(dst, y[r]);
             } else {
-                store_partial(dst, y, cols);
+                store_partial(dst, y[r], cols);
             }
         }
     }

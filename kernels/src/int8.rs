@@ -18,7 +18,7 @@
 //! widening both i8 operands lets LLVM narrow the product to `i16x8.mul` plus a pairwise
 //! add, twice the instructions.
 
-use crate::math::gelu_v;
+use crate::math::gelu_n;
 use crate::simd::*;
 
 const MR: usize = 2;
@@ -284,18 +284,22 @@ unsafe fn finish<const R: usize>(
     gelu: bool,
 ) {
     unsafe {
+        let mut y = tile;
         for r in 0..R {
             let exact = i32x4_sub(tile[r], i32x4_mul(i32x4_splat(*zx.add(row0 + r)), sums));
             let scale = f32x4_mul(f32x4_splat(*sx.add(row0 + r)), sw);
-            let mut y = f32x4_add(f32x4_mul(f32x4_convert_i32x4(exact), scale), bias);
-            if gelu {
-                y = gelu_v(y);
-            }
+            y[r] = f32x4_add(f32x4_mul(f32x4_convert_i32x4(exact), scale), bias);
+        }
+        if gelu {
+            // All rows of the tile at once: shared constants, overlapped chains.
+            y = gelu_n(y);
+        }
+        for r in 0..R {
             let dst = c.add(r * ldc);
             if cols == NR {
-                store(dst, y);
+                store(dst, y[r]);
             } else {
-                store_partial(dst, y, cols);
+                store_partial(dst, y[r], cols);
             }
         }
     }

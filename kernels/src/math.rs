@@ -57,24 +57,55 @@ pub fn exp_v(x: v128) -> v128 {
 /// exponent field, so there is no float→int conversion and no overflow handling.
 #[inline(always)]
 pub fn exp_nonpos_v(x: v128) -> v128 {
+    exp_nonpos_n([x])[0]
+}
+
+/// [`exp_nonpos_v`] on `N` vectors at once, step by step: each constant is materialized
+/// once for all `N` (V8 rebuilds a splatted constant with three instructions wherever
+/// it is used) and the `N` dependency chains overlap.
+#[inline(always)]
+pub fn exp_nonpos_n<const N: usize>(x: [v128; N]) -> [v128; N] {
     const SHIFTER: f32 = 12_582_912.0; // 1.5·2²³
     let lo = f32x4_splat(-87.336_55);
-    let underflow = f32x4_lt(x, lo);
-    let xc = f32x4_pmax(x, lo);
-    let t = madd(xc, f32x4_splat(LOG2E), f32x4_splat(SHIFTER));
-    let n = f32x4_sub(t, f32x4_splat(SHIFTER));
-    let r = madd(n, f32x4_splat(-LN2_HI), xc);
-    let r = madd(n, f32x4_splat(-LN2_LO), r);
-    let mut p = f32x4_splat(EXP_P[4]);
-    p = madd(p, r, f32x4_splat(EXP_P[3]));
-    p = madd(p, r, f32x4_splat(EXP_P[2]));
-    p = madd(p, r, f32x4_splat(EXP_P[1]));
-    p = madd(p, r, f32x4_splat(EXP_P[0]));
-    p = madd(f32x4_mul(p, r), r, f32x4_add(r, f32x4_splat(1.0)));
-    // n ∈ [-126, 0]: (n + 127) << 23 is 2ⁿ, a normal float.
-    let scale = i32x4_add(i32x4_shl(t, 23), i32x4_splat(127 << 23));
-    let y = v128_andnot(f32x4_mul(p, scale), underflow);
-    v128_bitselect(x, y, f32x4_ne(x, x))
+    let mut xc = x;
+    for i in 0..N {
+        xc[i] = f32x4_pmax(x[i], lo);
+    }
+    let log2e = f32x4_splat(LOG2E);
+    let shifter = f32x4_splat(SHIFTER);
+    let mut t = xc;
+    let mut n = xc;
+    for i in 0..N {
+        t[i] = madd(xc[i], log2e, shifter);
+        n[i] = f32x4_sub(t[i], shifter);
+    }
+    let ln2_hi = f32x4_splat(-LN2_HI);
+    let ln2_lo = f32x4_splat(-LN2_LO);
+    let mut r = xc;
+    for i in 0..N {
+        r[i] = madd(n[i], ln2_hi, xc[i]);
+        r[i] = madd(n[i], ln2_lo, r[i]);
+    }
+    let mut p = [f32x4_splat(EXP_P[4]); N];
+    let mut k = 4;
+    while k > 0 {
+        k -= 1;
+        let c = f32x4_splat(EXP_P[k]);
+        for i in 0..N {
+            p[i] = madd(p[i], r[i], c);
+        }
+    }
+    let one = f32x4_splat(1.0);
+    let bias = i32x4_splat(127 << 23);
+    let mut y = x;
+    for i in 0..N {
+        let q = madd(f32x4_mul(p[i], r[i]), r[i], f32x4_add(r[i], one));
+        // n ∈ [-126, 0]: (n + 127) << 23 is 2ⁿ, a normal float.
+        let scale = i32x4_add(i32x4_shl(t[i], 23), bias);
+        let v = v128_andnot(f32x4_mul(q, scale), f32x4_lt(x[i], lo));
+        y[i] = v128_bitselect(x[i], v, f32x4_ne(x[i], x[i]));
+    }
+    y
 }
 
 // erf(z)/z ≈ P(z²) on [0, 0.8].
@@ -100,44 +131,67 @@ const ERFC_LARGE: [f32; 10] = [
     -0.078_603_78,
 ];
 
-/// erf per lane.
-#[inline(always)]
-pub fn erf_v(x: v128) -> v128 {
-    let sign = v128_and(x, f32x4_splat(-0.0));
-    let z = f32x4_abs(x);
-    let z2 = f32x4_mul(z, z);
-    let mut ps = f32x4_splat(ERF_SMALL[5]);
-    let mut i = 5;
-    while i > 0 {
-        i -= 1;
-        ps = madd(ps, z2, f32x4_splat(ERF_SMALL[i]));
-    }
-    let small = f32x4_mul(z, ps);
-    let zc = f32x4_pmin(z, f32x4_splat(4.0));
-    let t = f32x4_div(
-        f32x4_splat(1.0),
-        madd(zc, f32x4_splat(0.5), f32x4_splat(1.0)),
-    );
-    let mut pl = f32x4_splat(ERFC_LARGE[9]);
-    let mut j = 9;
-    while j > 0 {
-        j -= 1;
-        pl = madd(pl, t, f32x4_splat(ERFC_LARGE[j]));
-    }
-    let erfc = f32x4_mul(exp_nonpos_v(f32x4_neg(f32x4_mul(zc, zc))), pl);
-    let large = f32x4_sub(f32x4_splat(1.0), erfc);
-    let r = v128_bitselect(small, large, f32x4_lt(z, f32x4_splat(0.8)));
-    v128_or(r, sign)
-}
-
 /// GELU, erf form: x/2 · (1 + erf(x/√2)), evaluated as PyTorch does in float32.
 #[inline(always)]
 pub fn gelu_v(x: v128) -> v128 {
-    let e = erf_v(f32x4_mul(x, f32x4_splat(core::f32::consts::FRAC_1_SQRT_2)));
-    f32x4_mul(
-        f32x4_mul(x, f32x4_splat(0.5)),
-        f32x4_add(f32x4_splat(1.0), e),
-    )
+    gelu_n([x])[0]
+}
+
+/// [`gelu_v`] on `N` vectors at once (constants shared, chains overlapped; see
+/// [`exp_nonpos_n`]). erf is a polynomial in z² below 0.8 and `1 - erfc` above, with
+/// `erfc(z) = e^{-z²}·Q(1/(1 + z/2))`; both branches are computed and one is selected.
+#[inline(always)]
+pub fn gelu_n<const N: usize>(x: [v128; N]) -> [v128; N] {
+    let mut z = x;
+    let mut z2 = x;
+    let mut zc = x;
+    let rsqrt2 = f32x4_splat(core::f32::consts::FRAC_1_SQRT_2);
+    let four = f32x4_splat(4.0);
+    for i in 0..N {
+        z[i] = f32x4_abs(f32x4_mul(x[i], rsqrt2));
+        z2[i] = f32x4_mul(z[i], z[i]);
+        zc[i] = f32x4_pmin(z[i], four);
+    }
+    let mut ps = [f32x4_splat(ERF_SMALL[5]); N];
+    let mut k = 5;
+    while k > 0 {
+        k -= 1;
+        let c = f32x4_splat(ERF_SMALL[k]);
+        for i in 0..N {
+            ps[i] = madd(ps[i], z2[i], c);
+        }
+    }
+    let one = f32x4_splat(1.0);
+    let half = f32x4_splat(0.5);
+    let mut t = x;
+    let mut arg = x;
+    for i in 0..N {
+        t[i] = f32x4_div(one, madd(zc[i], half, one));
+        arg[i] = f32x4_neg(f32x4_mul(zc[i], zc[i]));
+    }
+    let mut pl = [f32x4_splat(ERFC_LARGE[9]); N];
+    let mut k = 9;
+    while k > 0 {
+        k -= 1;
+        let c = f32x4_splat(ERFC_LARGE[k]);
+        for i in 0..N {
+            pl[i] = madd(pl[i], t[i], c);
+        }
+    }
+    let e = exp_nonpos_n(arg);
+    let cut = f32x4_splat(0.8);
+    let mut y = x;
+    for i in 0..N {
+        let small = f32x4_mul(z[i], ps[i]);
+        let large = f32x4_sub(one, f32x4_mul(e[i], pl[i]));
+        // erf(|x|/√2) with the sign of x.
+        let erf = v128_or(
+            v128_bitselect(small, large, f32x4_lt(z[i], cut)),
+            v128_and(x[i], f32x4_splat(-0.0)),
+        );
+        y[i] = f32x4_mul(f32x4_mul(x[i], half), f32x4_add(one, erf));
+    }
+    y
 }
 
 /// e^x for one x ≤ 0.
