@@ -9,7 +9,7 @@ Usage (from the repo root):
   /usr/bin/python3 models/train/eval_torch.py models/vit-fmnist --size 14   # 28->14->28
 
 Images are read from the dataset's idx files, scaled to [0, 1], optionally resized
-(bilinear, half-pixel centres, no antialias) to --size x --size, then normalized with the
+(Pillow-style antialiased bilinear) to --size x --size, then normalized with the
 folder's preprocess mean/std. Fixed-size models (ViT, ATS, PatchMerger) get images
 resized back to their own image_size, the way the engine's preprocessing does it;
 NaViT takes them at their size. ATS uses the deterministic sampling rule of
@@ -18,6 +18,7 @@ shared/specs/ats-sampling.md; the mean number of tokens entering each layer is p
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -34,10 +35,12 @@ import vitlib  # noqa: E402
 
 
 def resize(x, h, w):
-    """x [n, 1, H, W] in [0, 1] -> [n, 1, h, w]; identity when the size already matches."""
+    """x [n, 1, H, W] in [0, 1] -> [n, 1, h, w], Pillow-style bilinear (half-pixel
+    centres, filter stretched when shrinking), as edgevit's preprocessing resizes;
+    identity when the size already matches."""
     if x.shape[-2:] == (h, w):
         return x
-    return F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
+    return F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
 
 
 def pack(sizes, max_len):
@@ -56,16 +59,25 @@ def pack(sizes, max_len):
     return groups
 
 
-def navit_side(side, patch, max_side):
-    """The size NaViT gets for an input side: rounded to a multiple of the patch size,
-    at least one patch, at most image_size."""
-    return max(patch, min(max_side, int(round(side / patch)) * patch))
+def navit_size(h, w, patch, max_h, max_w):
+    """The size NaViT gets for an h x w input, the rule of edgevit's nativeSize
+    (src/image/preprocess.ts): shrink (aspect kept, never enlarge) to fit image_size,
+    then each side to the nearest multiple of the patch size (half up), at least one
+    patch. Sides that are already multiples of the patch size and fit stay as they are."""
+    scale = min(1.0, max_h / h, max_w / w)
+    rows = min(max_h // patch, max(1, math.floor(h * scale / patch + 0.5)))
+    cols = min(max_w // patch, max(1, math.floor(w * scale / patch + 0.5)))
+    return rows * patch, cols * patch
 
 
 @torch.no_grad()
-def evaluate(folder, limit=None, size=None, budgets=None, batch=500, threads=1):
+def evaluate(folder, limit=None, size=None, budgets=None, batch=500, threads=1, split="test",
+             model_config=None):
+    """Accuracy of the model in `folder` (or of an already built (model, config) pair) on
+    the test split, or with split="train-tail" on training images 50,000..59,999 (used
+    to choose ATS budgets without looking at the test split)."""
     torch.set_num_threads(threads)
-    model, config = vitlib.load_model_dir(folder)
+    model, config = model_config if model_config else vitlib.load_model_dir(folder)
     arch = config["architecture"]
     kwargs = config["kwargs"]
     if budgets is not None:
@@ -75,7 +87,13 @@ def evaluate(folder, limit=None, size=None, budgets=None, batch=500, threads=1):
             attn.output_num_tokens = k
     pre = config["preprocess"]
     mean, std = float(pre["mean"][0]), float(pre["std"][0])
-    images, labels = vitlib.load_split("t10k")
+    if split == "test":
+        images, labels = vitlib.load_split("t10k")
+    elif split == "train-tail":
+        images, labels = vitlib.load_split("train")
+        images, labels = images[50000:], labels[50000:]
+    else:
+        raise ValueError(f"unknown split {split}")
     if limit:
         images, labels = images[:limit], labels[:limit]
 
@@ -90,9 +108,7 @@ def evaluate(folder, limit=None, size=None, budgets=None, batch=500, threads=1):
             x = resize(x, size, size)
         if arch == "NaViT":
             p = kwargs["patch_size"]
-            max_side = vitlib.pair(kwargs["image_size"])
-            h = navit_side(x.shape[-2], p, max_side[0])
-            w = navit_side(x.shape[-1], p, max_side[1])
+            h, w = navit_size(x.shape[-2], x.shape[-1], p, *vitlib.pair(kwargs["image_size"]))
             x = (resize(x, h, w) - mean) / std
             imgs = list(x)
             sizes = [(h // p) * (w // p)] * len(imgs)
@@ -118,7 +134,8 @@ def evaluate(folder, limit=None, size=None, budgets=None, batch=500, threads=1):
         correct += (logits.argmax(-1) == y).sum().item()
         n += len(y)
     result = {
-        "model": os.path.basename(os.path.normpath(folder)),
+        "model": os.path.basename(os.path.normpath(folder)) if folder else config.get("name"),
+        "split": split,
         "architecture": arch,
         "accuracy": correct / n,
         "correct": correct,
@@ -147,10 +164,12 @@ def main():
     ap.add_argument("--budgets", default=None,
                     help="ATS max_tokens_per_depth override, comma separated")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--split", default="test", choices=["test", "train-tail"])
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     budgets = [int(v) for v in args.budgets.split(",")] if args.budgets else None
-    r = evaluate(args.folder, args.limit, args.size, budgets, threads=args.threads)
+    r = evaluate(args.folder, args.limit, args.size, budgets, threads=args.threads,
+                 split=args.split)
     if args.json:
         print(json.dumps(r))
         return

@@ -59,9 +59,9 @@ RECIPES = {
     ),
     "navit-fmnist": dict(
         architecture="NaViT",
-        kwargs=dict(image_size=56, patch_size=7, num_classes=10, channels=1, dim=96, depth=6,
+        kwargs=dict(image_size=56, patch_size=7, num_classes=10, channels=1, dim=96, depth=4,
                     heads=4, dim_head=24, mlp_dim=192),
-        epochs=14, batch=128, lr=1.5e-3, weight_decay=0.05, warmup_steps=400,
+        epochs=10, batch=128, lr=2e-3, weight_decay=0.05, warmup_steps=300,
         label_smoothing=0.1, seed=5, group_max_seq_len=128,
     ),
 }
@@ -74,29 +74,18 @@ def stats():
 
 
 def preprocess_block(recipe):
-    block = {
+    """The manifest's "preprocess" object, in the keys edgevit's loader reads
+    (src/image/preprocess.ts plainPreprocess / navitPreprocess): grayscale, bilinear,
+    pixels / 255, then (x - mean) / std. Fixed-size models resize to their image_size;
+    NaViT keeps the image's own size (sides rounded to multiples of patch_size, shrunk
+    to fit image_size if larger)."""
+    return {
         "channels": 1,
-        "color": "grayscale",
-        "rescale": 1 / 255,
+        "interpolation": "bilinear",
         "mean": [MEAN],
         "std": [STD],
-        "interpolation": "bilinear",
-        "antialias": False,
-        "background": "dark: light garment on a black background, as in Fashion-MNIST",
+        "note": "Fashion-MNIST polarity: a light garment on a black background",
     }
-    if recipe["architecture"] == "NaViT":
-        p = recipe["kwargs"]["patch_size"]
-        block.update({
-            "resize": "native: keep the image's own size, each side rounded to a multiple of "
-                      "patch_size and scaled down to fit image_size if larger",
-            "multiple_of": p,
-            "max_size": [recipe["kwargs"]["image_size"]] * 2,
-            "min_size": [p, p],
-            "trained_sizes": "14..56 px per side, multiples of 7, mixed aspect ratios",
-        })
-    else:
-        block.update({"resize": "exact", "size": list(recipe["kwargs"]["image_size"])})
-    return block
 
 
 def write_model_dir(name, recipe, state, extra=None):
@@ -131,6 +120,17 @@ def flip_batch(x, gen):
     return x
 
 
+def shift_batch(x, gen, max_shift):
+    """Random translation by up to max_shift px each way, background (0) filled."""
+    if not max_shift:
+        return x
+    n, _, h, w = x.shape
+    padded = F.pad(x, (max_shift,) * 4)
+    offsets = torch.randint(0, 2 * max_shift + 1, (n, 2), generator=gen)
+    return torch.stack([padded[i, :, dy: dy + h, dx: dx + w]
+                        for i, (dy, dx) in enumerate(offsets.tolist())])
+
+
 NAVIT_SIDES = [14, 21, 28, 35, 42, 49, 56]
 
 
@@ -143,13 +143,15 @@ def resize(img, h, w):
 
 
 def navit_view(img, gen):
-    """One training view of a 28x28 image [1, 28, 28] in [0, 1] for NaViT: a random size
-    (14..56 px per side, multiple of 7, square half the time), sometimes shrunk inside a
-    background pad or enlarged and cropped, so the model sees scales, aspect ratios,
-    crops and pads."""
+    """One training view of a 28x28 image [1, 28, 28] in [0, 1] for NaViT: a quarter of
+    the time the image as is, otherwise a random size (14..56 px per side, multiple of 7,
+    square half the time), sometimes shrunk inside a background pad or enlarged and
+    cropped, so the model sees scales, aspect ratios, crops and pads."""
     def pick():
         return NAVIT_SIDES[int(torch.randint(len(NAVIT_SIDES), (1,), generator=gen))]
 
+    if torch.rand(1, generator=gen).item() < 0.25:
+        return img  # the native 28x28 view, the size most requests will have
     h = pick()
     w = h if torch.rand(1, generator=gen).item() < 0.5 else pick()
     mode = torch.rand(1, generator=gen).item()
@@ -238,10 +240,19 @@ def param_groups(model, weight_decay):
             {"params": no_decay, "weight_decay": 0.0}]
 
 
-def train(name, epochs_override=None, limit=None):
+def train(name, epochs_override=None, limit=None, init=None, lr=None, warmup=None, shift=None):
     recipe = dict(RECIPES[name])
+    if shift:
+        recipe["shift"] = shift
     if epochs_override:
         recipe["epochs"] = epochs_override
+    if lr is not None:
+        recipe["lr"] = lr
+    if warmup is not None:
+        recipe["warmup_steps"] = warmup
+    if init:
+        # a deterministic continuation: start from a saved folder's weights, new schedule
+        recipe["init"] = init
     seed = recipe["seed"]
     random.seed(seed)
     np.random.seed(seed)
@@ -256,6 +267,8 @@ def train(name, epochs_override=None, limit=None):
             y_test[:limit]
 
     model = vitlib.build({"architecture": recipe["architecture"], "kwargs": recipe["kwargs"]})
+    if init:
+        model.load_state_dict(vitlib.load_safetensors(os.path.join(init, "model.safetensors")))
     n_params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.AdamW(param_groups(model, recipe["weight_decay"]), lr=recipe["lr"],
                             betas=(0.9, 0.999), foreach=True)
@@ -265,13 +278,15 @@ def train(name, epochs_override=None, limit=None):
     is_navit = recipe["architecture"] == "NaViT"
 
     curve = []
+    curve_name = name + ("-continued" if init else "")
     meta = {
         "model": name, "architecture": recipe["architecture"], "kwargs": recipe["kwargs"],
         "params": n_params, "recipe": {k: v for k, v in recipe.items()
                                        if k not in ("architecture", "kwargs")},
         "torch": torch.__version__, "threads": torch.get_num_threads(),
         "python": platform.python_version(), "machine": platform.processor() or "x86_64",
-        "augment": "horizontal flip" + (", NaViT size/aspect/crop/pad views" if is_navit else ""),
+        "augment": "horizontal flip" + (", NaViT size/aspect/crop/pad views" if is_navit else "")
+        + (f", shifts up to {recipe['shift']} px" if recipe.get("shift") else ""),
         "mean": MEAN, "std": STD,
     }
     print(json.dumps(meta), flush=True)
@@ -286,6 +301,7 @@ def train(name, epochs_override=None, limit=None):
             idx = perm[b * recipe["batch"]: (b + 1) * recipe["batch"]]
             y = y_train[idx]
             x = flip_batch(x_train[idx].float().div(255).unsqueeze(1), gen)
+            x = shift_batch(x, gen, recipe.get("shift", 0))
             lr = lr_at(step, total, recipe)
             for g in opt.param_groups:
                 g["lr"] = lr
@@ -316,15 +332,16 @@ def train(name, epochs_override=None, limit=None):
         }
         curve.append(row)
         print(json.dumps(row), flush=True)
-        save_curve(name, meta, curve)
+        save_curve(curve_name, meta, curve)
         torch.save(model.state_dict(), f"/tmp/{name}-last.pt")
     wall = time.time() - t_start
     meta["wall_seconds"] = round(wall, 1)
-    save_curve(name, meta, curve)
+    save_curve(curve_name, meta, curve)
     folder = write_model_dir(name, recipe, model.state_dict(), extra={
         "training": {"epochs": recipe["epochs"], "wall_seconds": round(wall, 1),
                      "test_accuracy_pytorch": curve[-1]["test_acc"],
-                     "curve": f"models/train/curves/{name}.json"},
+                     "curve": f"models/train/curves/{curve_name}.json",
+                     **({"continued_from": init} if init else {})},
     })
     print(f"saved {folder} params={n_params} wall={wall:.0f}s test_acc={curve[-1]['test_acc']}",
           flush=True)
@@ -342,16 +359,36 @@ def save_curve(name, meta, curve):
         w.writerows(curve)
 
 
+def rewrite_config(name):
+    """Refreshes the "preprocess" object of an already trained folder (no retraining)."""
+    path = os.path.join(MODELS_DIR, name, "config.json")
+    with open(path) as f:
+        config = json.load(f)
+    config["preprocess"] = preprocess_block(RECIPES[name])
+    with open(path, "w") as f:
+        json.dump(config, f, indent=2)
+        f.write("\n")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("model", choices=sorted(RECIPES) + ["stats"])
+    ap.add_argument("--rewrite-config", action="store_true",
+                    help="only refresh the preprocess block of a trained folder")
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--limit", type=int, default=None, help="smoke test on the first N images")
+    ap.add_argument("--init", default=None, help="continue from this model folder's weights")
+    ap.add_argument("--lr", type=float, default=None, help="peak learning rate override")
+    ap.add_argument("--warmup", type=int, default=None, help="warmup steps override")
+    ap.add_argument("--shift", type=int, default=None, help="random shifts up to N px")
     args = ap.parse_args()
     if args.model == "stats":
         print(stats())
         return
-    train(args.model, args.epochs, args.limit)
+    if args.rewrite_config:
+        rewrite_config(args.model)
+        return
+    train(args.model, args.epochs, args.limit, args.init, args.lr, args.warmup, args.shift)
 
 
 if __name__ == "__main__":
