@@ -23,8 +23,11 @@ import { HttpError } from "./http_errors.ts";
 const QUIET_TURNS = 2;
 /** Batches in a row whose turns found nobody before turns are taken as not paying. */
 export const BARREN_LIMIT = 8;
-/** While turns do not pay (one client at a time), only every this many batches probes. */
-const PROBE_EVERY = 32;
+/**
+ * While turns do not pay (one client at a time), only every this many batches probes, with
+ * one turn: rarer than 1 in 100, so a lone client's p99 latency never includes a probe.
+ */
+const PROBE_EVERY = 128;
 
 /** Limits of a {@link Batcher}. */
 export interface BatcherOptions {
@@ -305,8 +308,9 @@ export class Batcher<I, O> {
     // A turn costs little on an idle machine but can take ~0.3 ms on a loaded one, so
     // when recent turns found nobody (one client at a time) only an occasional batch
     // probes; any sign of company turns them back on.
-    const probe = this.#barren < BARREN_LIMIT || this.#queue.length > 1 ||
-      ++this.#sinceProbe >= PROBE_EVERY;
+    const looking = this.#barren < BARREN_LIMIT || this.#queue.length > 1;
+    const probe = looking || ++this.#sinceProbe >= PROBE_EVERY;
+    const turnsWanted = looking ? QUIET_TURNS : 1;
     if (probe) this.#sinceProbe = 0;
     while (true) {
       if (this.#queue.length === 0) return { batch: [], tokens: 0 };
@@ -314,7 +318,7 @@ export class Batcher<I, O> {
       const waited = performance.now() - this.#queue[0].enqueuedAt;
       const coming = this.#coming();
       const patience = Math.min(this.options.maxWaitMs, this.#averageBatchMs || Infinity);
-      const settled = coming === 0 && (quiet >= QUIET_TURNS || !probe);
+      const settled = coming === 0 && (quiet >= turnsWanted || !probe);
       if (full || settled || this.#closed || waited >= patience) {
         if (found || batch.length > 1) this.#barren = 0;
         else if (turned) this.#barren++;
