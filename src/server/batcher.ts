@@ -6,9 +6,11 @@
  * When to start a batch (only one runs at a time per model):
  * - at once when the batch is full (`maxBatch` images or `maxBatchTokens` tokens);
  * - as soon as no other request is on its way in (being read or decoded) and a couple
- *   of event-loop turns brought nobody new, so a lone client never waits for company
- *   that is not coming (latency at 1 client stays where it is without batching);
- * - otherwise when the oldest image has waited `maxWaitMs`.
+ *   of event-loop turns brought nobody new; after a few batches whose turns found nobody
+ *   (one client at a time) it stops taking them and only probes now and then, so a lone
+ *   client never waits for company that is not coming;
+ * - otherwise when the oldest image has waited `maxWaitMs`, or as long as a batch
+ *   takes to run, whichever is shorter.
  * Images that arrive while a batch runs gather for the next one. Only jobs with the
  * same key (model options that must agree within a forward call, e.g. the ATS token
  * budget) share a batch; the oldest job's key goes first, so no key starves.
