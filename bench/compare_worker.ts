@@ -5,7 +5,8 @@
  * way (inside the worker, around `session.run` only).
  *
  * Protocol: `{op: "load", runtime, threads, onnxPath}` → `{ok}`;
- * `{op: "run", pixels, shape}` → `{ok, logits, ms, cpuMs}`; `{op: "close"}` → `{ok}`.
+ * `{op: "run", pixels, shape, repeat}` → `{ok, logits, ms, cpuMs}` (per forward,
+ * averaged over `repeat` back-to-back forwards); `{op: "close"}` → `{ok}`.
  * Failures answer `{ok: false, error}`.
  *
  * @module
@@ -16,7 +17,7 @@ import { loadOnnxModel, type OnnxModel } from "../src/backends/ort/ort_model.ts"
 
 type Request =
   | { op: "load"; runtime: "ort-web" | "ort-node"; threads: number; onnxPath: string }
-  | { op: "run"; pixels: Float32Array; shape: [number, number, number, number] }
+  | { op: "run"; pixels: Float32Array; shape: [number, number, number, number]; repeat: number }
   | { op: "close" };
 
 interface NodeTensor {
@@ -58,7 +59,18 @@ function cpuMs(usage: { user: number; system: number }): number {
   return (usage.user + usage.system) / 1000;
 }
 
-async function run(pixels: Float32Array, shape: [number, number, number, number]) {
+async function run(pixels: Float32Array, shape: [number, number, number, number], repeat: number) {
+  let last = await once(pixels, shape);
+  let { ms, cpuMs } = last;
+  for (let i = 1; i < repeat; i++) {
+    last = await once(pixels, shape);
+    ms += last.ms;
+    cpuMs += last.cpuMs;
+  }
+  return { logits: last.logits, ms: ms / repeat, cpuMs: cpuMs / repeat };
+}
+
+async function once(pixels: Float32Array, shape: [number, number, number, number]) {
   if (web) {
     const cpu = process.cpuUsage();
     const start = performance.now();
@@ -93,7 +105,7 @@ scope.onmessage = async (event: MessageEvent<Request>) => {
       await load(request);
       scope.postMessage({ ok: true });
     } else if (request.op === "run") {
-      const result = await run(request.pixels, request.shape);
+      const result = await run(request.pixels, request.shape, request.repeat ?? 1);
       scope.postMessage({ ok: true, ...result }, [result.logits.buffer as ArrayBuffer]);
     } else {
       web?.close();
