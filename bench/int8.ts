@@ -20,6 +20,7 @@
  * deno run --allow-read --allow-env bench/int8.ts --ops [--batch 8]   # CPU time per op
  * deno run --allow-read --allow-write --allow-env bench/int8.ts --accuracy \
  *   [--model-dirs models/vit-fmnist,...] [--limit N]   # Fashion-MNIST, f32 vs int8
+ * deno run --allow-read --allow-env bench/int8.ts --activation-stats [--limit 200]
  * ```
  *
  * @module
@@ -461,6 +462,70 @@ function patchAndHeadFloat(backend: Backend, classes: number): Backend {
   });
 }
 
+/**
+ * How the inputs of every linear layer are spread, on the first `limit` test images:
+ * per token, the largest |x| over the row's RMS (what per-token quantization's step is
+ * set by), and per channel, the largest |x| seen (outlier channels are what
+ * SmoothQuant-style smoothing moves into the weights).
+ */
+async function activationStats(dirs: string[], limit: number): Promise<void> {
+  const { loadFashionMnist } = await import("../src/eval/fashion_mnist.ts");
+  const { evaluateModel } = await import("../src/eval/evaluate.ts");
+  const { ReferenceBackend } = await import("../src/backends/reference/reference_backend.ts");
+  const split = await loadFashionMnist("test");
+  console.log(
+    `\nInputs of the linear layers, first ${limit} test images: per-token peak / RMS and per-channel max |x|\n`,
+  );
+  console.log(
+    "| model | layer (in → out) | token peak/RMS median | p99 | channel max: median | largest |",
+  );
+  console.log("| --- | --- | --- | --- | --- | --- |");
+  for (const dir of dirs) {
+    const stats = new Map<string, { ratios: number[]; channels: Float64Array }>();
+    const reference = new ReferenceBackend();
+    const spy = new Proxy(reference, {
+      get(target, prop) {
+        if (prop === "linear") {
+          return (x: Tensor, w: LinearWeights, activation?: "none" | "gelu") => {
+            const [rows, cols] = x.shape;
+            const data = (x as unknown as { data: Float32Array }).data; // the reference's own
+            const key = `${cols} → ${w.outFeatures}`;
+            const entry = stats.get(key) ?? { ratios: [], channels: new Float64Array(cols) };
+            stats.set(key, entry);
+            for (let r = 0; r < rows; r++) {
+              let peak = 0;
+              let squares = 0;
+              for (let c = 0; c < cols; c++) {
+                const value = Math.abs(data[r * cols + c]);
+                peak = Math.max(peak, value);
+                squares += value * value;
+                entry.channels[c] = Math.max(entry.channels[c], value);
+              }
+              entry.ratios.push(peak / Math.sqrt(squares / cols + 1e-12));
+            }
+            return target.linear(x, w, activation);
+          };
+        }
+        const value = Reflect.get(target, prop);
+        return typeof value === "function" ? value.bind(target) : value;
+      },
+    });
+    const model = await loadModel(dir, { backend: spy });
+    await evaluateModel(model, split, { limit, warmupBatches: 0 });
+    model.close();
+    const name = dir.replace(/\/+$/, "").split("/").pop();
+    for (const [key, { ratios, channels }] of stats) {
+      ratios.sort((a, b) => a - b);
+      const sorted = Array.from(channels).sort((a, b) => a - b);
+      console.log(
+        `| ${name} | ${key} | ${ratios[ratios.length >> 1].toFixed(1)} | ${
+          ratios[Math.floor(ratios.length * 0.99)].toFixed(1)
+        } | ${sorted[sorted.length >> 1].toFixed(2)} | ${sorted[sorted.length - 1].toFixed(2)} |`,
+      );
+    }
+  }
+}
+
 /** Folders under models/ holding a checkpoint (the default models). */
 function defaultModelDirs(): string[] {
   const models = new URL("../models/", import.meta.url);
@@ -496,6 +561,14 @@ async function main(): Promise<void> {
     const dirs = listed ? listed.split(",") : defaultModelDirs();
     const limit = Deno.args.includes("--limit") ? Number(option("--limit", "0")) : undefined;
     await accuracy(dirs, limit, option("--backend", "wasm") as "wasm" | "reference");
+    return;
+  }
+  if (Deno.args.includes("--activation-stats")) {
+    const listed = option("--model-dirs", "");
+    await activationStats(
+      listed ? listed.split(",") : defaultModelDirs(),
+      Number(option("--limit", "200")),
+    );
     return;
   }
   if (Deno.args.includes("--fixtures")) {
