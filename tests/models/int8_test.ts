@@ -177,7 +177,7 @@ for (const backend of backends) {
 
 for (const c of cases) {
   Deno.test(`${c.name}: the int8 checkpoint is under 0.35× the float one (linears 4× smaller)`, async () => {
-    const q = await quantizeCheckpoint(c.dir.pathname);
+    const q = await quantizedOf(c);
     const ratio = q.weights.byteLength / q.sourceBytes;
     // Tiny fixtures (dim 64) spend a larger share on norms, biases and positions than
     // real ViTs (DeiT-Tiny: 0.26×, see models/README.md).
