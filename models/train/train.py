@@ -240,8 +240,15 @@ def param_groups(model, weight_decay):
             {"params": no_decay, "weight_decay": 0.0}]
 
 
-def train(name, epochs_override=None, limit=None, init=None, lr=None, warmup=None, shift=None):
+ATS_TRAIN_BUDGETS = [[49, 49, 32, 1], [49, 40, 24, 1], [49, 32, 16, 1], [48, 32, 16, 1]]
+
+
+def train(name, epochs_override=None, limit=None, init=None, lr=None, warmup=None, shift=None,
+          ats_aware=False):
     recipe = dict(RECIPES[name])
+    if ats_aware:
+        assert recipe["architecture"] == "ViT"
+        recipe["ats_aware"] = ATS_TRAIN_BUDGETS
     if shift:
         recipe["shift"] = shift
     if epochs_override:
@@ -286,7 +293,8 @@ def train(name, epochs_override=None, limit=None, init=None, lr=None, warmup=Non
         "torch": torch.__version__, "threads": torch.get_num_threads(),
         "python": platform.python_version(), "machine": platform.processor() or "x86_64",
         "augment": "horizontal flip" + (", NaViT size/aspect/crop/pad views" if is_navit else "")
-        + (f", shifts up to {recipe['shift']} px" if recipe.get("shift") else ""),
+        + (f", shifts up to {recipe['shift']} px" if recipe.get("shift") else "")
+        + (", ATS pruning on every other step" if recipe.get("ats_aware") else ""),
         "mean": MEAN, "std": STD,
     }
     print(json.dumps(meta), flush=True)
@@ -308,6 +316,12 @@ def train(name, epochs_override=None, limit=None, init=None, lr=None, warmup=Non
             if is_navit:
                 views = [(navit_view(im, gen) - MEAN) / STD for im in x]
                 logits = navit_logits(model, views, recipe["group_max_seq_len"])
+            elif recipe.get("ats_aware") and step % 2 == 1:
+                # every other step runs with ATS pruning on, budgets drawn from a set, so
+                # the same weights serve both the ViT and its ATS configuration
+                sets = recipe["ats_aware"]
+                budgets = sets[int(torch.randint(len(sets), (1,), generator=gen))]
+                logits = vitlib.vit_ats_forward(model, (x - MEAN) / STD, budgets)
             else:
                 logits = model((x - MEAN) / STD)
             loss = F.cross_entropy(logits, y, label_smoothing=recipe["label_smoothing"])
@@ -381,6 +395,8 @@ def main():
     ap.add_argument("--lr", type=float, default=None, help="peak learning rate override")
     ap.add_argument("--warmup", type=int, default=None, help="warmup steps override")
     ap.add_argument("--shift", type=int, default=None, help="random shifts up to N px")
+    ap.add_argument("--ats-aware", action="store_true",
+                    help="ViT only: every other step with ATS pruning (ATS_TRAIN_BUDGETS)")
     args = ap.parse_args()
     if args.model == "stats":
         print(stats())
@@ -388,7 +404,8 @@ def main():
     if args.rewrite_config:
         rewrite_config(args.model)
         return
-    train(args.model, args.epochs, args.limit, args.init, args.lr, args.warmup, args.shift)
+    train(args.model, args.epochs, args.limit, args.init, args.lr, args.warmup, args.shift,
+          args.ats_aware)
 
 
 if __name__ == "__main__":

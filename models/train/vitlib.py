@@ -179,15 +179,16 @@ def ats_select(attn, value, mask, budget, eps=1e-6):
     Returns kept token ids [b, 1 + k] (CLS first as 0, padding 0) and their mask.
     """
     b, _, n, _ = attn.shape
-    scores = torch.einsum("bhn,bhn->bn", attn[:, :, 0, 1:], value[:, :, 1:, :].norm(dim=-1))
-    scores = scores.masked_fill(~mask[:, 1:], 0.0)
-    scores = scores / (scores.sum(dim=-1, keepdim=True) + eps)
-    sorted_s, order = torch.sort(scores, dim=-1, stable=True)
-    cdf = torch.cumsum(sorted_s, dim=-1).contiguous()
-    points = (torch.arange(budget, dtype=attn.dtype, device=attn.device) + 0.5) / budget
-    pos = torch.searchsorted(cdf, points.expand(b, budget).contiguous(), right=False)
-    pos = pos.clamp(max=n - 2)
-    picked = order.gather(1, pos) + 1  # token ids, 1-based (0 is CLS)
+    with torch.no_grad():  # the choice of tokens is not differentiated
+        scores = torch.einsum("bhn,bhn->bn", attn[:, :, 0, 1:], value[:, :, 1:, :].norm(dim=-1))
+        scores = scores.masked_fill(~mask[:, 1:], 0.0)
+        scores = scores / (scores.sum(dim=-1, keepdim=True) + eps)
+        sorted_s, order = torch.sort(scores, dim=-1, stable=True)
+        cdf = torch.cumsum(sorted_s, dim=-1).contiguous()
+        points = (torch.arange(budget, dtype=attn.dtype, device=attn.device) + 0.5) / budget
+        pos = torch.searchsorted(cdf, points.expand(b, budget).contiguous(), right=False)
+        pos = pos.clamp(max=n - 2)
+        picked = order.gather(1, pos) + 1  # token ids, 1-based (0 is CLS)
     kept = []
     for row in picked:
         kept.append(torch.unique(row, sorted=True))
@@ -293,6 +294,31 @@ class ATSViT(nn.Module):
         if return_sampled_token_ids:
             return logits, token_ids[:, 1:] - 1
         return logits
+
+
+def vit_ats_forward(vit, img, budgets):
+    """A cls-pooled vit.ViT run the way ats_vit.ViT would run its re-laid weights with
+    max_tokens_per_depth=budgets (same numbers as ATSViT + vit_to_ats_state). Used to
+    train the ViT so that its own CLS attention can prune tokens without a loss."""
+    x = vit.to_patch_embedding(img)
+    b = x.shape[0]
+    x = torch.cat((vit.cls_token.unsqueeze(0).expand(b, -1, -1), x), dim=1)
+    x = x + vit.pos_embedding[: x.shape[1]]
+    mask = torch.ones(b, x.shape[1], dtype=torch.bool)
+    for (attn, ff), k in zip(vit.transformer.layers, budgets):
+        n = x.shape[1]
+        xn = attn.norm(x)
+        q, kk, v = (split_heads(t, attn.heads) for t in attn.to_qkv(xn).chunk(3, dim=-1))
+        dots = torch.matmul(q, kk.transpose(-1, -2)) * attn.scale
+        pair_mask = mask[:, None, :, None] & mask[:, None, None, :]
+        a = dots.masked_fill(~pair_mask, -torch.finfo(dots.dtype).max).softmax(dim=-1)
+        if (n - 1) > k:
+            ids, mask = ats_select(a, v, mask, k)
+            a = a.gather(2, ids[:, None, :, None].expand(-1, a.shape[1], -1, a.shape[-1]))
+            x = gather_rows(x, ids)
+        x = x + attn.to_out(merge_heads(torch.matmul(a, v)))
+        x = ff(x) + x
+    return vit.mlp_head(vit.transformer.norm(x[:, 0]))
 
 
 def vit_to_ats_state(vit_state):
