@@ -514,7 +514,10 @@ function table(rows: Row[], reasons: Map<string, Partial<Record<RunnerName, stri
     "",
     "CPU ms/image (process CPU time, all threads, median):",
     "",
-    ...grid(rows, (row, name) => row.cpuMsPerImage[name]?.toFixed(1)),
+    ...grid(rows, (row, name) => {
+      const ms = row.cpuMsPerImage[name];
+      return ms === null ? undefined : ms.toFixed(ms < 10 ? 2 : 1);
+    }),
     "",
     "Max abs diff of logits vs ort-web-1t (top-1 agreement):",
     "",
