@@ -1,18 +1,21 @@
 //! Fused multi-head attention with segment masking and an online softmax.
 //!
-//! Broadcast form: a block of `BQ = 4` query rows is packed (pre-scaled) as `[D][4]`, so
-//! one k-step splats 4 query scalars against 8 keys of the transposed K (`[keys/8][D][8]`):
-//! 8 accumulators, 6 loads per 8 FMAs, and the scores come out as rows of key vectors with
-//! no horizontal reduction. `P·V` is the same shape: 4 rows of probabilities splatted
-//! against 8 head dims of V (packed `[keys][D8]`). Keys are visited in blocks of `BK` with
-//! a flash-attention style update of the running max, running sum and output
-//! accumulators, so no `queries × keys` matrix ever exists.
+//! Broadcast form with rows as lanes: a block of `BQ = 4` query rows is packed
+//! (pre-scaled) as `[D][4]`, so per head dim one load brings the 4 query values, which
+//! register shuffles splat against 8 keys of the transposed K (`[keys/8][D][8]`): 8
+//! accumulators, 3 loads per 8 FMAs (Deno bounds-checks every wasm load in software, while
+//! a shuffle is one instruction). Each 4×8 score tile is transposed into `[keys][4]`, so
+//! the softmax max, exp, sum and rescale work on the 4 rows at once with no horizontal
+//! reduction, and `P·V` again loads one vector of 4 probabilities per key against 8 head
+//! dims of V (packed `[keys][D8]`). Keys are visited in blocks of `BK` with a
+//! flash-attention style update of the running max, running sum and output accumulators,
+//! so no `queries × keys` matrix ever exists.
 //!
 //! Segment ids are nondecreasing, so the keys a query block can see form one range
 //! `[first key of its first segment, last key of its last segment]`; key blocks outside
 //! it are never visited and a packed batch costs Σ nᵢ², not (Σ nᵢ)².
 
-use crate::math::{exp_nonpos_s, exp_nonpos_v};
+use crate::math::{exp_nonpos_n, exp_nonpos_s, exp_nonpos_v};
 use crate::simd::*;
 
 /// Query rows per block.
@@ -88,7 +91,7 @@ pub unsafe extern "C" fn attention_f32(
         let kt = scratch; // [keys8/8][D][8]
         let vp = kt.add(keys8 * d_len); // [keys8][d8]
         let qp = vp.add(keys8 * d8); // [D][BQ]
-        let p = qp.add(d_len * BQ); // [BQ][BK]
+        let p = qp.add(d_len * BQ); // [BK][BQ]: rows are lanes
         let o = p.add(BQ * BK); // [BQ][d8]
         if !cls.is_null() {
             for i in 0..keys * heads {
@@ -98,14 +101,39 @@ pub unsafe extern "C" fn attention_f32(
         let width = heads * d_len;
         for h in 0..heads {
             // Pack K transposed per chunk of 8 keys, and V as contiguous zero-padded rows.
+            // With head dims in fours, K goes through 4×4 register transposes.
+            let vector_k = d_len % 4 == 0;
+            if vector_k {
+                let mut j = 0;
+                while j < keys8 {
+                    let kdst = kt.add((j / KB) * d_len * KB + j % KB);
+                    let mut d = 0;
+                    while d < d_len {
+                        let mut rows4 = [f32x4_splat(0.0); 4];
+                        for i in 0..4 {
+                            if j + i < keys {
+                                rows4[i] = load(k.add((j + i) * k_stride + h * d_len + d));
+                            }
+                        }
+                        let t = transpose4(rows4[0], rows4[1], rows4[2], rows4[3]);
+                        for i in 0..4 {
+                            store(kdst.add((d + i) * KB), t[i]);
+                        }
+                        d += 4;
+                    }
+                    j += 4;
+                }
+            }
             for j in 0..keys8 {
                 let kdst = kt.add((j / KB) * d_len * KB + j % KB);
                 let vdst = vp.add(j * d8);
                 if j < keys {
                     let ksrc = k.add(j * k_stride + h * d_len);
                     let vsrc = v.add(j * v_stride + h * d_len);
-                    for d in 0..d_len {
-                        *kdst.add(d * KB) = *ksrc.add(d);
+                    if !vector_k {
+                        for d in 0..d_len {
+                            *kdst.add(d * KB) = *ksrc.add(d);
+                        }
                     }
                     let mut d = 0;
                     while d + 4 <= d_len {
@@ -117,8 +145,10 @@ pub unsafe extern "C" fn attention_f32(
                         d += 1;
                     }
                 } else {
-                    for d in 0..d_len {
-                        *kdst.add(d * KB) = 0.0;
+                    if !vector_k {
+                        for d in 0..d_len {
+                            *kdst.add(d * KB) = 0.0;
+                        }
                     }
                     for d in 0..d8 {
                         *vdst.add(d) = 0.0;
@@ -136,23 +166,43 @@ pub unsafe extern "C" fn attention_f32(
                     is_cls[r] =
                         !cls.is_null() && r < rows && (i == 0 || seg(q_seg, i - 1) != segs[r]);
                 }
+                let any_cls = is_cls[0] || is_cls[1] || is_cls[2] || is_cls[3];
                 let (seg_lo, seg_hi) = (segs[0], segs[BQ - 1]);
                 let kstart = bound(k_seg, keys, seg_lo, false);
                 let kend = bound(k_seg, keys, seg_hi, true);
-                for d in 0..d_len {
-                    for r in 0..BQ {
-                        *qp.add(d * BQ + r) = if r < rows {
-                            *q.add((qb + r) * q_stride + h * d_len + d) * scale
-                        } else {
-                            0.0
-                        };
+                if vector_k {
+                    let sv = f32x4_splat(scale);
+                    let mut d = 0;
+                    while d < d_len {
+                        let mut rows4 = [f32x4_splat(0.0); 4];
+                        for r in 0..rows {
+                            let src = q.add((qb + r) * q_stride + h * d_len + d);
+                            rows4[r] = f32x4_mul(load(src), sv);
+                        }
+                        let t = transpose4(rows4[0], rows4[1], rows4[2], rows4[3]);
+                        for i in 0..4 {
+                            store(qp.add((d + i) * BQ), t[i]);
+                        }
+                        d += 4;
+                    }
+                } else {
+                    for d in 0..d_len {
+                        for r in 0..BQ {
+                            *qp.add(d * BQ + r) = if r < rows {
+                                *q.add((qb + r) * q_stride + h * d_len + d) * scale
+                            } else {
+                                0.0
+                            };
+                        }
                     }
                 }
                 for i in 0..BQ * d8 {
                     *o.add(i) = 0.0;
                 }
-                let mut m = [f32::NEG_INFINITY; BQ];
-                let mut l = [0.0f32; BQ];
+                // Running max and sum of the 4 rows, one lane each.
+                let neg_inf = f32x4_splat(f32::NEG_INFINITY);
+                let mut m = neg_inf;
+                let mut l = f32x4_splat(0.0);
                 let uniform = seg_lo == seg_hi;
                 let mut j0 = kstart / KB * KB;
                 while j0 < kend {
@@ -160,64 +210,72 @@ pub unsafe extern "C" fn attention_f32(
                     let bk = if span < BK { span } else { BK };
                     scores(kt.add(j0 * d_len), qp, d_len, bk / KB, p);
                     if !uniform || j0 < kstart || j0 + bk > kend {
+                        for jj in 0..bk {
+                            let key = j0 + jj;
+                            let outside = key < kstart || key >= kend;
+                            let ks = if outside { 0 } else { seg(k_seg, key) };
+                            for r in 0..BQ {
+                                if outside || ks != segs[r] {
+                                    *p.add(jj * BQ + r) = f32::NEG_INFINITY;
+                                }
+                            }
+                        }
+                    }
+                    if any_cls {
                         for r in 0..BQ {
-                            for jj in 0..bk {
-                                let key = j0 + jj;
-                                if key < kstart || key >= kend || seg(k_seg, key) != segs[r] {
-                                    *p.add(r * BK + jj) = f32::NEG_INFINITY;
+                            if is_cls[r] {
+                                // Raw logits now; normalized once the final max and sum are known.
+                                for jj in 0..bk {
+                                    let s = *p.add(jj * BQ + r);
+                                    if s != f32::NEG_INFINITY {
+                                        *cls.add((j0 + jj) * heads + h) = s;
+                                    }
                                 }
                             }
                         }
                     }
-                    let mut alpha = [1.0f32; BQ];
-                    for r in 0..BQ {
-                        let row = p.add(r * BK);
-                        if is_cls[r] {
-                            // Raw logits now; normalized once the final max and sum are known.
-                            for jj in 0..bk {
-                                let s = *row.add(jj);
-                                if s != f32::NEG_INFINITY {
-                                    *cls.add((j0 + jj) * heads + h) = s;
-                                }
-                            }
-                        }
-                        let mut mv = f32x4_splat(f32::NEG_INFINITY);
-                        let mut jj = 0;
-                        while jj < bk {
-                            mv = f32x4_pmax(mv, load(row.add(jj)));
-                            jj += 4;
-                        }
-                        let mx = hmax(mv);
-                        if mx == f32::NEG_INFINITY {
-                            // Nothing visible in this block: zero probabilities, state kept.
-                            let mut jj = 0;
-                            while jj < bk {
-                                store(row.add(jj), f32x4_splat(0.0));
-                                jj += 4;
-                            }
-                            continue;
-                        }
-                        let m_new = if m[r] > mx { m[r] } else { mx };
-                        alpha[r] = exp_nonpos_s(m[r] - m_new);
-                        let mnv = f32x4_splat(m_new);
-                        let mut sv = f32x4_splat(0.0);
-                        let mut jj = 0;
-                        while jj < bk {
-                            let pv = exp_nonpos_v(f32x4_sub(load(row.add(jj)), mnv));
-                            store(row.add(jj), pv);
-                            sv = f32x4_add(sv, pv);
-                            jj += 4;
-                        }
-                        l[r] = l[r] * alpha[r] + hsum(sv);
-                        m[r] = m_new;
+                    // Rows are lanes: the block max, the exp and the sums need no reduction.
+                    let mut mx0 = neg_inf;
+                    let mut mx1 = neg_inf;
+                    let mut jj = 0;
+                    while jj < bk {
+                        mx0 = f32x4_pmax(mx0, load(p.add(jj * BQ)));
+                        mx1 = f32x4_pmax(mx1, load(p.add(jj * BQ + BQ)));
+                        jj += 2;
                     }
+                    let m_new = f32x4_pmax(m, f32x4_pmax(mx0, mx1));
+                    // A row that has seen no key yet shifts by 0: its exps are all 0 and its
+                    // alpha is 0 (its state is still 0), instead of NaN from -inf - -inf.
+                    let shift = v128_andnot(m_new, f32x4_eq(m_new, neg_inf));
+                    let alpha = exp_nonpos_v(f32x4_sub(m, shift));
+                    let mut s0 = f32x4_splat(0.0);
+                    let mut s1 = f32x4_splat(0.0);
+                    let mut jj = 0;
+                    while jj < bk {
+                        let at = p.add(jj * BQ);
+                        let e = exp_nonpos_n([
+                            f32x4_sub(load(at), shift),
+                            f32x4_sub(load(at.add(BQ)), shift),
+                        ]);
+                        store(at, e[0]);
+                        store(at.add(BQ), e[1]);
+                        s0 = f32x4_add(s0, e[0]);
+                        s1 = f32x4_add(s1, e[1]);
+                        jj += 2;
+                    }
+                    l = madd(l, alpha, f32x4_add(s0, s1));
+                    m = m_new;
                     let first = if kstart > j0 { kstart - j0 } else { 0 };
                     let last = if kend < j0 + bk { kend - j0 } else { bk };
-                    accumulate_pv(vp.add(j0 * d8), d8, first, last, p, &alpha, o);
+                    accumulate_pv(vp.add(j0 * d8), d8, first, last, p, alpha, o);
                     j0 += bk;
                 }
+                let mut ms = [0.0f32; BQ];
+                let mut ls = [0.0f32; BQ];
+                v128_store(ms.as_mut_ptr() as *mut v128, m);
+                v128_store(ls.as_mut_ptr() as *mut v128, l);
                 for r in 0..rows {
-                    let inv = if l[r] > 0.0 { 1.0 / l[r] } else { 0.0 };
+                    let inv = if ls[r] > 0.0 { 1.0 / ls[r] } else { 0.0 };
                     let dst = out.add((qb + r) * width + h * d_len);
                     let src = o.add(r * d8);
                     let iv = f32x4_splat(inv);
@@ -236,7 +294,7 @@ pub unsafe extern "C" fn attention_f32(
                         let to = bound(k_seg, keys, segs[r], true);
                         for key in from..to {
                             let c = cls.add(key * heads + h);
-                            *c = exp_nonpos_s(*c - m[r]) * inv;
+                            *c = exp_nonpos_s(*c - ms[r]) * inv;
                         }
                     }
                 }
@@ -246,7 +304,35 @@ pub unsafe extern "C" fn attention_f32(
     }
 }
 
-/// `p[r][c·8 + lane] = qp[:, r] · kt[c][:, lane]` for `chunks` chunks of 8 keys.
+/// 4×4 transpose: lane `i` of vector `j` goes to lane `j` of vector `i`.
+#[inline(always)]
+fn transpose4(a: v128, b: v128, c: v128, d: v128) -> [v128; 4] {
+    let t0 = i32x4_shuffle::<0, 4, 1, 5>(a, b);
+    let t1 = i32x4_shuffle::<2, 6, 3, 7>(a, b);
+    let t2 = i32x4_shuffle::<0, 4, 1, 5>(c, d);
+    let t3 = i32x4_shuffle::<2, 6, 3, 7>(c, d);
+    [
+        i32x4_shuffle::<0, 1, 4, 5>(t0, t2),
+        i32x4_shuffle::<2, 3, 6, 7>(t0, t2),
+        i32x4_shuffle::<0, 1, 4, 5>(t1, t3),
+        i32x4_shuffle::<2, 3, 6, 7>(t1, t3),
+    ]
+}
+
+/// The 4 lanes of `v`, each splatted (register shuffles: no bounds-checked loads).
+#[inline(always)]
+fn lanes(v: v128) -> [v128; 4] {
+    [
+        i32x4_shuffle::<0, 0, 0, 0>(v, v),
+        i32x4_shuffle::<1, 1, 1, 1>(v, v),
+        i32x4_shuffle::<2, 2, 2, 2>(v, v),
+        i32x4_shuffle::<3, 3, 3, 3>(v, v),
+    ]
+}
+
+/// `p[c·8 + key][r] = qp[:, r] · kt[c][:, key]` for `chunks` chunks of 8 keys: per head
+/// dim, one load brings the 4 query values (splatted by register shuffles) and two loads
+/// the 8 keys, 3 loads per 8 FMAs; the tile is transposed once at the end.
 #[inline(always)]
 unsafe fn scores(kt: *const f32, qp: *const f32, d_len: usize, chunks: usize, p: *mut f32) {
     unsafe {
@@ -257,23 +343,27 @@ unsafe fn scores(kt: *const f32, qp: *const f32, d_len: usize, chunks: usize, p:
             for _ in 0..d_len {
                 let b0 = load(b);
                 let b1 = load(b.add(4));
+                let qs = lanes(load(a));
                 for r in 0..BQ {
-                    let av = v128_load32_splat(a.add(r) as *const u32);
-                    acc[r][0] = madd(av, b0, acc[r][0]);
-                    acc[r][1] = madd(av, b1, acc[r][1]);
+                    acc[r][0] = madd(qs[r], b0, acc[r][0]);
+                    acc[r][1] = madd(qs[r], b1, acc[r][1]);
                 }
                 a = a.add(BQ);
                 b = b.add(KB);
             }
-            for r in 0..BQ {
-                store(p.add(r * BK + c * KB), acc[r][0]);
-                store(p.add(r * BK + c * KB + 4), acc[r][1]);
+            for half in 0..2 {
+                let t = transpose4(acc[0][half], acc[1][half], acc[2][half], acc[3][half]);
+                let dst = p.add((c * KB + half * 4) * BQ);
+                for i in 0..4 {
+                    store(dst.add(i * BQ), t[i]);
+                }
             }
         }
     }
 }
 
-/// `o[r] = o[r]·alpha[r] + Σ_j p[r][j] · v[j]` for `j` in `[first, last)`, 8 dims at a time.
+/// `o[r] = o[r]·alpha[r] + Σ_j p[j][r] · v[j]` for `j` in `[first, last)`, 8 dims at a time:
+/// per key, one load brings the 4 rows' probabilities and two loads 8 dims of V.
 #[inline(always)]
 unsafe fn accumulate_pv(
     v: *const f32,
@@ -281,28 +371,30 @@ unsafe fn accumulate_pv(
     first: usize,
     last: usize,
     p: *const f32,
-    alpha: &[f32; BQ],
+    alpha: v128,
     o: *mut f32,
 ) {
     unsafe {
+        let a = lanes(alpha);
         let mut d0 = 0;
         while d0 < d8 {
             let mut acc = [[f32x4_splat(0.0); 2]; BQ];
             for r in 0..BQ {
-                let a = f32x4_splat(alpha[r]);
-                acc[r][0] = f32x4_mul(load(o.add(r * d8 + d0)), a);
-                acc[r][1] = f32x4_mul(load(o.add(r * d8 + d0 + 4)), a);
+                acc[r][0] = f32x4_mul(load(o.add(r * d8 + d0)), a[r]);
+                acc[r][1] = f32x4_mul(load(o.add(r * d8 + d0 + 4)), a[r]);
             }
             let mut row = v.add(first * d8 + d0);
-            for j in first..last {
+            let mut pj = p.add(first * BQ);
+            for _ in first..last {
                 let b0 = load(row);
                 let b1 = load(row.add(4));
+                let ps = lanes(load(pj));
                 for r in 0..BQ {
-                    let pv = v128_load32_splat(p.add(r * BK + j) as *const u32);
-                    acc[r][0] = madd(pv, b0, acc[r][0]);
-                    acc[r][1] = madd(pv, b1, acc[r][1]);
+                    acc[r][0] = madd(ps[r], b0, acc[r][0]);
+                    acc[r][1] = madd(ps[r], b1, acc[r][1]);
                 }
                 row = row.add(d8);
+                pj = pj.add(BQ);
             }
             for r in 0..BQ {
                 store(o.add(r * d8 + d0), acc[r][0]);
