@@ -17,7 +17,7 @@
 //! sliver stays in L1 while the row pairs of an `MC`-row block pass over it, and that
 //! `MC × KC` A block stays in L2 while all weight panels pass over it.
 
-use crate::math::gelu_n;
+use crate::math::gelu_strip;
 use crate::simd::*;
 
 pub const MR: usize = 2;
@@ -125,7 +125,7 @@ pub(crate) unsafe fn micro<const R: usize>(
     }
 }
 
-/// Adds the tile to C (or bias on the first K-block), applies GELU after the last, stores.
+/// Adds the tile to C (or bias on the first K-block) and stores it.
 #[inline(always)]
 unsafe fn finish<const R: usize>(
     tile: [v128; R],
@@ -134,7 +134,6 @@ unsafe fn finish<const R: usize>(
     cols: usize,
     base: v128,
     first: bool,
-    gelu: bool,
 ) {
     unsafe {
         let mut y = tile;
@@ -148,10 +147,6 @@ unsafe fn finish<const R: usize>(
                 load_partial(dst, cols)
             };
             y[r] = f32x4_add(tile[r], prev);
-        }
-        if gelu {
-            // All rows of the tile at once: shared constants, overlapped chains.
-            y = gelu_n(y);
         }
         for r in 0..R {
             let dst = c.add(r * ldc);
@@ -175,11 +170,10 @@ unsafe fn rows_tile<const R: usize>(
     cols: usize,
     base: v128,
     first: bool,
-    gelu: bool,
 ) {
     unsafe {
         let tile = micro::<R>(a, lda, b, k4);
-        finish::<R>(tile, c, ldc, cols, base, first, gelu);
+        finish::<R>(tile, c, ldc, cols, base, first);
     }
 }
 
@@ -260,7 +254,6 @@ pub unsafe extern "C" fn gemm_f32(
                             cols,
                             base,
                             first,
-                            act,
                         );
                         i += MR;
                     }
@@ -276,8 +269,10 @@ pub unsafe extern "C" fn gemm_f32(
                             cols,
                             base,
                             first,
-                            act,
                         );
+                    }
+                    if act {
+                        gelu_strip(c0.add(m0 * n), m_end - m0, n, cols);
                     }
                 }
                 m0 = m_end;

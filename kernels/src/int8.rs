@@ -18,7 +18,7 @@
 //! widening both i8 operands lets LLVM narrow the product to `i16x8.mul` plus a pairwise
 //! add, twice the instructions.
 
-use crate::math::gelu_n;
+use crate::math::gelu_strip;
 use crate::simd::*;
 
 const MR: usize = 2;
@@ -281,7 +281,6 @@ unsafe fn finish<const R: usize>(
     c: *mut f32,
     ldc: usize,
     cols: usize,
-    gelu: bool,
 ) {
     unsafe {
         let mut y = tile;
@@ -289,10 +288,6 @@ unsafe fn finish<const R: usize>(
             let exact = i32x4_sub(tile[r], i32x4_mul(i32x4_splat(*zx.add(row0 + r)), sums));
             let scale = f32x4_mul(f32x4_splat(*sx.add(row0 + r)), sw);
             y[r] = f32x4_add(f32x4_mul(f32x4_convert_i32x4(exact), scale), bias);
-        }
-        if gelu {
-            // All rows of the tile at once: shared constants, overlapped chains.
-            y = gelu_n(y);
         }
         for r in 0..R {
             let dst = c.add(r * ldc);
@@ -369,36 +364,15 @@ pub unsafe extern "C" fn gemm_int8(
                 let mut i = m0;
                 while i < full_end {
                     let tile = micro::<MR>(q.add(i * k16), k16, panel, k16);
-                    finish::<MR>(
-                        tile,
-                        i,
-                        sx,
-                        zx,
-                        sums,
-                        sw,
-                        bv,
-                        c.add(i * n + j0),
-                        n,
-                        cols,
-                        gelu,
-                    );
+                    finish::<MR>(tile, i, sx, zx, sums, sw, bv, c.add(i * n + j0), n, cols);
                     i += MR;
                 }
                 if i < m_end {
                     let tile = micro::<1>(q.add(i * k16), k16, panel, k16);
-                    finish::<1>(
-                        tile,
-                        i,
-                        sx,
-                        zx,
-                        sums,
-                        sw,
-                        bv,
-                        c.add(i * n + j0),
-                        n,
-                        cols,
-                        gelu,
-                    );
+                    finish::<1>(tile, i, sx, zx, sums, sw, bv, c.add(i * n + j0), n, cols);
+                }
+                if gelu {
+                    gelu_strip(c.add(m0 * n + j0), m_end - m0, n, cols);
                 }
             }
             m0 = m_end;

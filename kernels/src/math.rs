@@ -217,3 +217,30 @@ pub fn exp_nonpos_s(x: f32) -> f32 {
 pub fn sqrt_s(x: f32) -> f32 {
     f32x4_extract_lane::<0>(f32x4_sqrt(f32x4_splat(x)))
 }
+
+/// GELU in place over a strip of `rows` rows × `cols ≤ 4` columns, rows `ld` floats apart:
+/// the columns a GEMM panel has just stored (still in L1), two rows per [`gelu_n`] step.
+/// Apart from the tile loop, the GEMM's micro-kernel keeps its registers to itself.
+///
+/// # Safety
+/// `c` valid for the strip.
+#[inline(always)]
+pub unsafe fn gelu_strip(c: *mut f32, rows: usize, ld: usize, cols: usize) {
+    unsafe {
+        let mut r = 0;
+        if cols == 4 {
+            while r + 2 <= rows {
+                let (p0, p1) = (c.add(r * ld), c.add((r + 1) * ld));
+                let y = gelu_n([load(p0), load(p1)]);
+                store(p0, y[0]);
+                store(p1, y[1]);
+                r += 2;
+            }
+        }
+        while r < rows {
+            let p = c.add(r * ld);
+            store_partial(p, gelu_v(load_partial(p, cols)), cols);
+            r += 1;
+        }
+    }
+}
