@@ -42,28 +42,15 @@ async function torch(script: string, args: string[]): Promise<TorchResult> {
   return JSON.parse(text.split("\n").pop()!);
 }
 
-/** Parameter count from a safetensors header (8-byte little-endian length, then JSON). */
-async function parameterCount(path: string): Promise<number> {
-  const file = await Deno.open(path);
-  try {
-    const head = new Uint8Array(8);
-    await file.read(head);
-    const length = Number(new DataView(head.buffer).getBigUint64(0, true));
-    const json = new Uint8Array(length);
-    let read = 0;
-    while (read < length) read += (await file.read(json.subarray(read))) ?? length;
-    const header = JSON.parse(new TextDecoder().decode(json)) as Record<
-      string,
-      { shape?: number[] }
-    >;
-    let total = 0;
-    for (const [name, entry] of Object.entries(header)) {
-      if (name !== "__metadata__") total += (entry.shape ?? []).reduce((a, b) => a * b, 1);
-    }
-    return total;
-  } finally {
-    file.close();
-  }
+/** Trainable parameters, as PyTorch counts them (buffers such as NaViT's fixed LayerNorm betas excluded). */
+async function parameterCount(dir: string): Promise<number> {
+  const code = "import sys; sys.path.insert(0, 'models/train'); import vitlib; " +
+    "m, _ = vitlib.load_model_dir(sys.argv[1]); print(sum(p.numel() for p in m.parameters()))";
+  const out = await new Deno.Command(PYTHON, { args: ["-c", code, dir], stdout: "piped" })
+    .output();
+  const count = Number(new TextDecoder().decode(out.stdout).trim());
+  if (out.code !== 0 || !Number.isSafeInteger(count)) throw new Error(`cannot count ${dir}`);
+  return count;
 }
 
 function engineArgs(model: string, extra: Partial<EvalArgs>): EvalArgs {
@@ -121,7 +108,7 @@ async function main(argv: string[]): Promise<void> {
       ]);
       note = ` (${pct(single.accuracy)}% one image per batch)`;
     }
-    const params = await parameterCount(`${dir}/model.safetensors`);
+    const params = await parameterCount(dir);
     const bytes = (await Deno.stat(`${dir}/model.safetensors`)).size;
     console.error(JSON.stringify({ name, f32, int8, latency, reference }));
     rows.push(
