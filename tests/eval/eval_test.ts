@@ -9,6 +9,8 @@ import { parseEvalArgs } from "../../src/eval/main.ts";
 // Debian's dataset-fashion-mnist, which CI installs. Neither is optional: a missing one
 // fails the test with a message saying what to do.
 const MODEL = "models/vit-fmnist";
+const NAVIT = "models/navit-fmnist";
+const ATS = "models/ats-fmnist";
 
 async function requireModel(dir: string): Promise<string> {
   try {
@@ -146,4 +148,43 @@ Deno.test("predictions do not depend on the batch size, and --size resizes befor
   } finally {
     model.close();
   }
+});
+
+Deno.test("NaViT runs each image at its own size: 16 patch tokens at 28×28, 4 at 14×14", async () => {
+  const split = await loadFashionMnist("test", { dir: DEBIAN_FASHION_MNIST_DIR });
+  const model = await loadModel(await requireModel(NAVIT), { backend: "wasm" });
+  try {
+    const native = await evaluateModel(model, split, { limit: 50 });
+    assert.equal(native.modelInputSize, "28x28");
+    assert.equal(native.tokensPerImage, 16);
+    assert.ok(native.accuracy > 0.7, `accuracy ${native.accuracy} is below the 0.7 floor`);
+    const small = await evaluateModel(model, split, { limit: 50, size: { height: 14, width: 14 } });
+    assert.equal(small.modelInputSize, "14x14");
+    assert.equal(small.tokensPerImage, 4);
+  } finally {
+    model.close();
+  }
+});
+
+Deno.test("ATS through the CLI keeps the ViT's answers with its own budgets and prunes with --token-budget", async () => {
+  const model = await requireModel(ATS);
+  const plain = await runCli(["--model", await requireModel(MODEL), "--limit", "100", "--json"]);
+  const ats = await runCli(["--model", model, "--limit", "100", "--json"]);
+  const pruned = await runCli([
+    "--model",
+    model,
+    "--limit",
+    "100",
+    "--json",
+    "--token-budget",
+    "8",
+  ]);
+  for (const run of [plain, ats, pruned]) assert.equal(run.code, 0, run.stderr);
+  const [p, a, t] = [plain, ats, pruned].map((run) => JSON.parse(run.stdout));
+  assert.equal(a.architecture, "ats_vit.ViT");
+  // ats-fmnist is vit-fmnist's weights; its budgets prune only in the last layer, whose
+  // dropped tokens no later layer reads, so the answers are the ViT's.
+  assert.equal(a.correct, p.correct);
+  assert.equal(t.tokenBudget, 8);
+  assert.ok(t.tokensPerImage < a.tokensPerImage, `${t.tokensPerImage} vs ${a.tokensPerImage}`);
 });
