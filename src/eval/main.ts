@@ -30,8 +30,8 @@ export interface EvalArgs {
   batch: number;
   /** Dataset folder; null: `EDGEVIT_FASHION_MNIST` or Debian's folder. */
   data: string | null;
-  /** ATS token budget per layer (lowers the checkpoint's own). */
-  tokenBudget: number | null;
+  /** ATS token budget: one for every layer, or one per layer (lowers the checkpoint's own). */
+  tokenBudget: number | number[] | null;
   help: boolean;
 }
 
@@ -49,7 +49,7 @@ Accuracy of an edgevit model on the Fashion-MNIST test split (10,000 images).
   --size <H>x<W>         resize the 28x28 images to H x W first (bilinear, Pillow-exact);
                          fixed-size models resize them back, NaViT runs at that size
   --batch <n>            images per forward pass (default 100; 1 measures latency)
-  --token-budget <n>     ATS: keep at most n patch tokens per layer
+  --token-budget <n>     ATS: keep at most n patch tokens per layer, or n1,n2,... per layer
   --data <dir>           folder with the idx files (default $EDGEVIT_FASHION_MNIST or
                          /usr/share/datasets/fashion-mnist, from dataset-fashion-mnist)
   -h, --help             this text`;
@@ -118,7 +118,9 @@ export function parseEvalArgs(argv: readonly string[]): EvalArgs {
         args.batch = positiveInteger(value, name);
         break;
       case "--token-budget":
-        args.tokenBudget = positiveInteger(value, name);
+        args.tokenBudget = value.includes(",")
+          ? value.split(",").map((v) => positiveInteger(v, name))
+          : positiveInteger(value, name);
         break;
       case "--precision":
         if (value !== "f32" && value !== "int8") {
@@ -186,7 +188,7 @@ export interface EvalReport {
   inputSize: string;
   modelInputSize: string;
   seconds: number;
-  tokenBudget: number | null;
+  tokenBudget: number | number[] | null;
 }
 
 /** Loads the model and the test split, evaluates, and returns the report. */

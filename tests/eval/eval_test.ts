@@ -62,6 +62,12 @@ Deno.test("eval flags parse, with --flag value and --flag=value alike", () => {
   });
   assert.deepEqual(parseEvalArgs(["--model", "m", "--size", "56"]).size, { height: 56, width: 56 });
   assert.equal(parseEvalArgs(["--help"]).help, true);
+  assert.deepEqual(parseEvalArgs(["--model", "m", "--token-budget", "49,40,24,1"]).tokenBudget, [
+    49,
+    40,
+    24,
+    1,
+  ]);
 });
 
 Deno.test("bad eval flags are rejected with the flag named", () => {
@@ -75,6 +81,7 @@ Deno.test("bad eval flags are rejected with the flag named", () => {
     [["--model", "m", "--size", "14x"], /--size must be HxW/],
     [["--model", "m", "--size", "0x14"], /--size must be HxW/],
     [["--model", "m", "--json=yes"], /--json takes no value/],
+    [["--model", "m", "--token-budget", "8,,4"], /--token-budget must be a positive integer/],
     [["--model", "m", "--top", "3"], /unknown argument "--top"/],
   ];
   for (const [argv, pattern] of cases) {
