@@ -201,3 +201,26 @@ export function sizeOf(shape: readonly number[]): number {
   for (const dim of shape) size *= dim;
   return size;
 }
+
+/** `[rows, cols]` of a 2-D tensor; a {@link ShapeError} names the op otherwise. */
+export function matrixShape(tensor: Tensor, op: string): [number, number] {
+  if (tensor.shape.length !== 2) {
+    throw new ShapeError(`${op} expects a 2-D tensor, got [${tensor.shape}]`);
+  }
+  return [tensor.shape[0], tensor.shape[1]];
+}
+
+/**
+ * Checks segment ids for {@link Backend.attention}: one per row and nondecreasing, which
+ * is what lets kernels find each query block's key range by its first and last id.
+ */
+export function checkSegments(segments: Int32Array, rows: number, what: string): void {
+  if (segments.length !== rows) {
+    throw new ShapeError(`${what} segments have ${segments.length} ids for ${rows} rows`);
+  }
+  for (let i = 1; i < rows; i++) {
+    if (segments[i] < segments[i - 1]) {
+      throw new ShapeError(`${what} segment ids must be nondecreasing (row ${i})`);
+    }
+  }
+}

@@ -12,8 +12,10 @@ import {
   type AttentionOptions,
   type AttentionResult,
   type Backend,
+  checkSegments,
   type LinearSource,
   type LinearWeights,
+  matrixShape,
   type OpName,
   type Precision,
   type QuantizedLinearSource,
@@ -377,30 +379,12 @@ export class ReferenceBackend implements Backend {
   }
 }
 
-function matrixShape(tensor: ReferenceTensor, op: string): [number, number] {
-  if (tensor.shape.length !== 2) {
-    throw new ShapeError(`${op} expects a 2-D tensor, got [${tensor.shape}]`);
-  }
-  return [tensor.shape[0], tensor.shape[1]];
-}
-
 function softmaxRow(input: Float32Array, out: Float32Array): void {
   let max = -Infinity;
   for (const value of input) if (value > max) max = value;
   let total = 0;
   for (let i = 0; i < input.length; i++) total += Math.exp(input[i] - max);
   for (let i = 0; i < input.length; i++) out[i] = Math.exp(input[i] - max) / total;
-}
-
-function checkSegments(segments: Int32Array, rows: number, what: string): void {
-  if (segments.length !== rows) {
-    throw new ShapeError(`${what} segments have ${segments.length} ids for ${rows} rows`);
-  }
-  for (let i = 1; i < rows; i++) {
-    if (segments[i] < segments[i - 1]) {
-      throw new ShapeError(`${what} segment ids must be nondecreasing (row ${i})`);
-    }
-  }
 }
 
 /** Checks that a linear source's arrays match its declared sizes. */

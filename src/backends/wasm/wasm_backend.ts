@@ -13,8 +13,10 @@ import {
   type AttentionOptions,
   type AttentionResult,
   type Backend,
+  checkSegments,
   type LinearSource,
   type LinearWeights,
+  matrixShape,
   type OpName,
   type Precision,
   type QuantizedLinearSource,
@@ -505,23 +507,5 @@ export class WasmBackend implements Backend {
       throw new ShapeError(`${what} has ${own.length} values, expected ${length}`);
     }
     return own;
-  }
-}
-
-function matrixShape(tensor: WasmTensor, op: string): [number, number] {
-  if (tensor.shape.length !== 2) {
-    throw new ShapeError(`${op} expects a 2-D tensor, got [${tensor.shape}]`);
-  }
-  return [tensor.shape[0], tensor.shape[1]];
-}
-
-function checkSegments(segments: Int32Array, rows: number, what: string): void {
-  if (segments.length !== rows) {
-    throw new ShapeError(`${what} segments have ${segments.length} ids for ${rows} rows`);
-  }
-  for (let i = 1; i < rows; i++) {
-    if (segments[i] < segments[i - 1]) {
-      throw new ShapeError(`${what} segment ids must be nondecreasing (row ${i})`);
-    }
   }
 }
