@@ -16,36 +16,27 @@ import { interleavedMedians } from "./_rounds.ts";
 import { createAtsHooks } from "../src/models/ats_vit.ts";
 import { PatchMerger, patchMergerHooks } from "../src/models/patch_merger.ts";
 import type { ForwardOutput } from "../src/models/types.ts";
-import { randomVitWeights, seededRandom, type VitConfig, VitModel } from "../src/models/vit.ts";
+import {
+  randomVitWeights,
+  seededRandom,
+  standardVitConfig,
+  type VitConfig,
+  VitModel,
+} from "../src/models/vit.ts";
 
 const choice = (Deno.env.get("EDGEVIT_BENCH_BACKEND") ?? "wasm") as "wasm";
 const { backend } = await resolveBackend(choice);
 
 const DEPTH = 12;
-const plainConfig: VitConfig = {
-  imageHeight: 224,
-  imageWidth: 224,
-  patchHeight: 16,
-  patchWidth: 16,
-  channels: 3,
+const plainConfig: VitConfig = standardVitConfig({
+  imageSize: 224,
+  patchSize: 16,
   dim: 192,
   depth: DEPTH,
   heads: 3,
-  headDim: 64,
   mlpDim: 768,
   numClasses: 1000,
-  classToken: true,
-  distillationToken: false,
-  pool: "cls",
-  finalNorm: "tokens",
-  head: "single",
-  preNorm: false,
-  qkvBias: true,
-  attentionProjection: true,
-  projectionBias: true,
-  layerNormEps: 1e-6,
-  patchEmbedding: "conv",
-};
+});
 const weights = randomVitWeights(plainConfig, 7);
 
 /** ATS budgets: keep all tokens in the first 3 blocks, then at most K patch tokens. */

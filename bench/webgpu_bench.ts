@@ -24,7 +24,12 @@ import {
   requestAdapterWithTimeout,
   WebGpuBackend,
 } from "../src/backends/webgpu/webgpu_backend.ts";
-import { randomVitWeights, type VitConfig, VitModel } from "../src/models/vit.ts";
+import {
+  randomVitWeights,
+  standardVitConfig,
+  type VitConfig,
+  VitModel,
+} from "../src/models/vit.ts";
 
 const SHAPES: Record<string, VitConfig> = {
   "deit-tiny": vitShape({ dim: 192, depth: 12, heads: 3, mlpDim: 768 }),
@@ -32,30 +37,15 @@ const SHAPES: Record<string, VitConfig> = {
 };
 
 function vitShape(size: { dim: number; depth: number; heads: number; mlpDim: number }): VitConfig {
-  return {
-    imageHeight: 224,
-    imageWidth: 224,
-    patchHeight: 16,
-    patchWidth: 16,
-    channels: 3,
+  return standardVitConfig({
+    imageSize: 224,
+    patchSize: 16,
     dim: size.dim,
     depth: size.depth,
     heads: size.heads,
-    headDim: size.dim / size.heads,
     mlpDim: size.mlpDim,
     numClasses: 1000,
-    classToken: true,
-    distillationToken: false,
-    pool: "cls",
-    finalNorm: "tokens",
-    head: "single",
-    preNorm: false,
-    qkvBias: true,
-    attentionProjection: true,
-    projectionBias: true,
-    layerNormEps: 1e-6,
-    patchEmbedding: "conv",
-  };
+  });
 }
 
 function median(values: number[]): number {

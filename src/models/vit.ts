@@ -1160,6 +1160,67 @@ export function addRows(tokens: Float32Array, positions: Float32Array): Float32A
   return out;
 }
 
+/** The geometry that distinguishes one standard ViT from another. */
+export interface VitGeometry {
+  /** Square input side, or `[height, width]`. */
+  imageSize: number | readonly [number, number];
+  patchSize: number;
+  dim: number;
+  depth: number;
+  heads: number;
+  mlpDim: number;
+  numClasses: number;
+  channels?: number;
+}
+
+/**
+ * A timm / DeiT-style ViT (conv patch embedding, CLS pooling, final norm over the
+ * tokens, qkv bias, LayerNorm eps 1e-6) of the given geometry, like candle's
+ * `vit_base_patch16_224()` presets; `overrides` changes any other field.
+ *
+ * @example
+ * ```ts
+ * import { standardVitConfig } from "./vit.ts";
+ * const deitTiny = standardVitConfig({
+ *   imageSize: 224, patchSize: 16, dim: 192, depth: 12, heads: 3, mlpDim: 768, numClasses: 1000,
+ * });
+ * console.log(deitTiny.headDim); // 64
+ * ```
+ */
+export function standardVitConfig(
+  geometry: VitGeometry,
+  overrides: Partial<VitConfig> = {},
+): VitConfig {
+  const [imageHeight, imageWidth] = typeof geometry.imageSize === "number"
+    ? [geometry.imageSize, geometry.imageSize]
+    : geometry.imageSize;
+  return {
+    imageHeight,
+    imageWidth,
+    patchHeight: geometry.patchSize,
+    patchWidth: geometry.patchSize,
+    channels: geometry.channels ?? 3,
+    dim: geometry.dim,
+    depth: geometry.depth,
+    heads: geometry.heads,
+    headDim: geometry.dim / geometry.heads,
+    mlpDim: geometry.mlpDim,
+    numClasses: geometry.numClasses,
+    classToken: true,
+    distillationToken: false,
+    pool: "cls",
+    finalNorm: "tokens",
+    head: "single",
+    preNorm: false,
+    qkvBias: true,
+    attentionProjection: true,
+    projectionBias: true,
+    layerNormEps: 1e-6,
+    patchEmbedding: "conv",
+    ...overrides,
+  };
+}
+
 /** A small deterministic PRNG (mulberry32) for tests and benches. */
 export function seededRandom(seed: number): () => number {
   let state = seed >>> 0;

@@ -6,7 +6,13 @@ import { buildAtsVit, createAtsHooks, withAts as withAtsOn } from "../../src/mod
 import { NaViT } from "../../src/models/navit.ts";
 import { buildArchitecture, findArchitecture } from "../../src/models/registry.ts";
 import { describeCheckpoint, type JsonObject } from "../../src/loaders/config.ts";
-import { randomVitWeights, seededRandom, type VitConfig, VitModel } from "../../src/models/vit.ts";
+import {
+  randomVitWeights,
+  seededRandom,
+  standardVitConfig,
+  type VitConfig,
+  VitModel,
+} from "../../src/models/vit.ts";
 import { loadModel } from "../../src/model.ts";
 import { maxAbsDiff, PARITY_DIR, readCase, testBackends } from "./_fixtures.ts";
 
@@ -178,30 +184,15 @@ for (const [name, create] of backends) {
   });
 
   Deno.test(`ATS switched on for a plain ViT prunes only when asked (${name})`, async () => {
-    const config: VitConfig = {
-      imageHeight: 24,
-      imageWidth: 24,
-      patchHeight: 4,
-      patchWidth: 4,
-      channels: 3,
+    const config: VitConfig = standardVitConfig({
+      imageSize: 24,
+      patchSize: 4,
       dim: 32,
       depth: 3,
       heads: 2,
-      headDim: 16,
       mlpDim: 64,
       numClasses: 5,
-      classToken: true,
-      distillationToken: false,
-      pool: "cls",
-      finalNorm: "tokens",
-      head: "single",
-      preNorm: false,
-      qkvBias: true,
-      attentionProjection: true,
-      projectionBias: true,
-      layerNormEps: 1e-6,
-      patchEmbedding: "conv",
-    };
+    });
     const backend = await create();
     const weights = randomVitWeights(config, 5);
     const plain = VitModel.create(backend, config, weights);

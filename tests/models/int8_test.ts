@@ -21,7 +21,13 @@ import {
 import type { ModelSource } from "../../src/loaders/source.ts";
 import { type BackendChoice, loadModel } from "../../src/model.ts";
 import { findArchitecture } from "../../src/models/registry.ts";
-import { randomVitWeights, seededRandom, type VitConfig, VitModel } from "../../src/models/vit.ts";
+import {
+  randomVitWeights,
+  seededRandom,
+  standardVitConfig,
+  type VitConfig,
+  VitModel,
+} from "../../src/models/vit.ts";
 
 /** The target for int8 vs float32 logits on the parity fixtures. */
 const COSINE_TARGET = 0.999;
@@ -250,30 +256,15 @@ if (navit) {
 if (hasWasm) {
   Deno.test("int8 weights hold under 0.3× the wasm bytes of float32 ones, and packing them never grows memory to float size (DeiT-Tiny blocks)", async () => {
     const { WasmBackend } = await import("../../src/backends/wasm/wasm_backend.ts");
-    const config: VitConfig = {
-      imageHeight: 224,
-      imageWidth: 224,
-      patchHeight: 16,
-      patchWidth: 16,
-      channels: 3,
+    const config: VitConfig = standardVitConfig({
+      imageSize: 224,
+      patchSize: 16,
       dim: 192,
       depth: 2,
       heads: 3,
-      headDim: 64,
       mlpDim: 768,
       numClasses: 1000,
-      classToken: true,
-      distillationToken: false,
-      pool: "cls",
-      finalNorm: "tokens",
-      head: "single",
-      preNorm: false,
-      qkvBias: true,
-      attentionProjection: true,
-      projectionBias: true,
-      layerNormEps: 1e-6,
-      patchEmbedding: "conv",
-    };
+    });
     const weights = randomVitWeights(config, 3);
     const resident: Record<Precision, { inUse: number; memory: number }> = {
       f32: { inUse: 0, memory: 0 },

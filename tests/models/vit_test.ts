@@ -13,35 +13,21 @@ import {
   randomVitWeights,
   scaleLinear,
   seededRandom,
+  standardVitConfig,
   type VitConfig,
   VitModel,
 } from "../../src/models/vit.ts";
 import { CountingBackend } from "./_counting_backend.ts";
 
-const BASE: VitConfig = {
-  imageHeight: 8,
-  imageWidth: 12,
-  patchHeight: 4,
-  patchWidth: 4,
-  channels: 3,
+const BASE: VitConfig = standardVitConfig({
+  imageSize: [8, 12],
+  patchSize: 4,
   dim: 16,
   depth: 2,
   heads: 2,
-  headDim: 8,
   mlpDim: 24,
   numClasses: 5,
-  classToken: true,
-  distillationToken: false,
-  pool: "cls",
-  finalNorm: "tokens",
-  head: "single",
-  preNorm: false,
-  qkvBias: true,
-  attentionProjection: true,
-  projectionBias: true,
-  layerNormEps: 1e-6,
-  patchEmbedding: "conv",
-};
+});
 
 const VARIANTS: Record<string, Partial<VitConfig>> = {
   "cls pooling": {},
