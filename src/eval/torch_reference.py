@@ -17,7 +17,7 @@ from what the engine serves. It reuses eval_torch.evaluate and changes only:
 
 Usage (from the repo root):
   /usr/bin/python3 src/eval/torch_reference.py models/navit-fmnist --size 56 [--limit N]
-  /usr/bin/python3 src/eval/torch_reference.py models/ats-fmnist --batch 1
+  /usr/bin/python3 src/eval/torch_reference.py models/ats-fmnist --batch 1 [--budgets 49,40,24,1]
 """
 
 import argparse
@@ -53,11 +53,13 @@ def main():
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--batch", type=int, default=500)
     ap.add_argument("--resize", choices=["pil", "float"], default="pil")
+    ap.add_argument("--budgets", default=None, help="ATS budgets per layer, comma separated")
     args = ap.parse_args()
     if args.resize == "pil":
         eval_torch.resize = pil_resize
+    budgets = [int(v) for v in args.budgets.split(",")] if args.budgets else None
     result = eval_torch.evaluate(args.folder, limit=args.limit, size=args.size,
-                                 batch=args.batch)
+                                 budgets=budgets, batch=args.batch)
     result["resize"] = "PIL uint8 bilinear" if args.resize == "pil" else "torch float"
     result["batch"] = args.batch
     print(json.dumps(result))
