@@ -57,7 +57,7 @@ export interface BundleAssets {
  * @example
  * ```ts
  * import { bundleAssets } from "./assets.ts";
- * console.log(bundleAssets().modelName); // "vit-fmnist"
+ * console.log(bundleAssets().modelName); // "patchmerger-fmnist"
  * ```
  */
 export function bundleAssets(): BundleAssets {

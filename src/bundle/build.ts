@@ -4,7 +4,7 @@
  * (the npm package pinned in package.json).
  *
  * ```sh
- * deno task bundle                                  # the default model (models/vit-fmnist)
+ * deno task bundle                                  # the default model (models/patchmerger-fmnist)
  * deno task bundle --model path/to/folder           # embed another model folder
  * deno task bundle --model-url https://host/model/  # embed no weights: fetch them at start
  * deno task bundle --precision f32 --out dist/x.mjs --no-minify  # float weights, readable

@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import encodePng from "@jsquash/png/encode.js";
+import { DEFAULT_MODEL } from "../../src/server/config.ts";
 import { TEST_BACKEND } from "./_helpers.ts";
 import { spawnServer } from "./_process.ts";
 
@@ -31,7 +32,8 @@ Deno.test("serve with no --model classifies real Fashion-MNIST test images with 
   const server = await spawnServer(["--port", "0", "--backend", TEST_BACKEND]);
   try {
     const models = await (await fetch(`${server.base}/v1/models`)).json();
-    assert.equal(models.models[0].name, "vit-fmnist");
+    assert.equal(DEFAULT_MODEL, "patchmerger-fmnist");
+    assert.equal(models.models[0].name, DEFAULT_MODEL);
     assert.equal(models.models[0].labels[7], "Sneaker");
 
     let correct = 0;
