@@ -31,13 +31,25 @@ MAX_DROP = 0.5  # points, on the training tail; the target is within 1 point on 
 # Layer 0's CLS attention says little about which patches matter, so most candidates
 # keep every token there. Pruning in the last layer never changes the logits (only the
 # CLS row is read after it) but skips the MLP for the dropped tokens.
-CANDIDATES = [
-    [49, 49, 49, 1],
-    [49, 49, 48, 1],
-    [49, 49, 32, 1],
-    [49, 40, 24, 1],
-    [48, 32, 16, 1],
-]
+CANDIDATES = {
+    4: [
+        [49, 49, 49, 1],
+        [49, 49, 48, 1],
+        [49, 49, 32, 1],
+        [49, 40, 24, 1],
+        [48, 32, 16, 1],
+    ],
+    # With 6 layers the late layers' CLS attention has settled, so pruning there costs less.
+    6: [
+        [49, 49, 49, 49, 49, 1],
+        [49, 49, 49, 49, 32, 1],
+        [49, 49, 49, 40, 24, 1],
+        [49, 49, 49, 32, 16, 1],
+        [49, 49, 40, 32, 24, 1],
+        [49, 49, 32, 24, 16, 1],
+        [49, 40, 32, 24, 16, 1],
+    ],
+}
 
 
 def ats_pair(vit_config, vit_state, budgets):
@@ -82,7 +94,7 @@ def main():
     print("vit", base_tail["accuracy"], base_test["accuracy"], flush=True)
 
     rows = []
-    for budgets in CANDIDATES:
+    for budgets in CANDIDATES[depth]:
         assert len(budgets) == depth
         pair = ats_pair(vit_config, vit_state, budgets)
         tail = eval_torch.evaluate(None, split="train-tail", model_config=pair, limit=limit)
