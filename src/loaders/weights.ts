@@ -153,11 +153,17 @@ export class WeightStore {
   /**
    * Takes a linear layer's weight matrix (or a conv patch embedding's `[out, c, ph, pw]`
    * weight): float32, or int8 with its per-output-channel scales in a quantized checkpoint.
-   * Records the name as a linear weight, which is how the quantizer learns what to quantize.
+   * Records the name as a linear weight, which is how the quantizer learns what to quantize;
+   * with `keepFloat` it does not, so a model that must keep a layer float32 at int8 gets
+   * it saved as float32 in a quantized checkpoint as well.
    *
    * @throws {EdgeVitError} `invalid_checkpoint` when missing or of another shape
    */
-  linearWeight(name: string, shape?: readonly number[]): LinearMatrix {
+  linearWeight(
+    name: string,
+    shape?: readonly number[],
+    options: { keepFloat?: boolean } = {},
+  ): LinearMatrix {
     const quantized = this.#quantized.get(name);
     let matrix: LinearMatrix;
     if (quantized) {
@@ -167,7 +173,7 @@ export class WeightStore {
     } else {
       matrix = this.get(name, shape);
     }
-    if (!this.#linearNames.includes(name)) this.#linearNames.push(name);
+    if (!options.keepFloat && !this.#linearNames.includes(name)) this.#linearNames.push(name);
     return matrix;
   }
 

@@ -159,6 +159,66 @@ interface Block {
   ff2: LinearWeights;
 }
 
+/**
+ * The largest attention logit NaViT's q/k RMS norms allow before int8 keeps the layers
+ * that feed it float32. A head's logit is `q·k` with `‖q‖ ≤ √d·max|γ_q|` and
+ * `‖k‖ ≤ √d·max|γ_k|`, so `d·max|γ_q|·max|γ_k|` bounds it; vit-pytorch initialises γ to
+ * 1 (bound d: 16–64) and the trained navit-fmnist has |γ| ≤ 1.1 (bound 28). int8 moves a
+ * projection by ~0.5% of its size, so at a bound of 256 a logit moves by about one unit,
+ * an e-fold change of its softmax weight; past that the softmax is close to an argmax,
+ * and any perturbation upstream (not only in q and k: every earlier layer feeds them)
+ * changes which token wins. The shared random fixture's gains are ≈13 (bound ≈ 3000):
+ * one int8 layer anywhere before its last attention drops the logits' cosine to ≈0.93.
+ */
+export const SHARP_ATTENTION_LOGIT_BOUND = 256;
+
+/** Which linear layers must stay float32 at int8, from the q/k norm gains. */
+interface KeptFloat {
+  /** The patch embedding. */
+  embedding: boolean;
+  /** Per block: q and k (`logits`); v, out and the MLP (`rest`). */
+  blocks: { logits: boolean; rest: boolean }[];
+  /** The attention pool's q and k. */
+  pool: boolean;
+  maxLogitBound: number;
+}
+
+/**
+ * Keeps float32 every linear layer upstream of the last sharp attention's logits (the
+ * pool's v and out and the head never are): `gains` holds `[γ_q, γ_k]`, each
+ * `[heads, 1, d]`, per block and then for the pool.
+ */
+function keptFloatLinears(
+  gains: readonly (readonly [Float32Array, Float32Array])[],
+  heads: number,
+  dimHead: number,
+): KeptFloat {
+  const bounds = gains.map(([gq, gk]) => {
+    let bound = 0;
+    for (let h = 0; h < heads; h++) {
+      let q = 0;
+      let k = 0;
+      for (let i = h * dimHead; i < (h + 1) * dimHead; i++) {
+        q = Math.max(q, Math.abs(gq[i]));
+        k = Math.max(k, Math.abs(gk[i]));
+      }
+      bound = Math.max(bound, dimHead * q * k);
+    }
+    return bound;
+  });
+  const last = bounds.findLastIndex((bound) => !(bound <= SHARP_ATTENTION_LOGIT_BOUND));
+  const depth = gains.length - 1;
+  return {
+    embedding: last >= 0,
+    blocks: Array.from({ length: depth }, (_, layer) => ({
+      logits: layer <= last,
+      rest: layer < last,
+    })),
+    pool: last === depth,
+    maxLogitBound: Math.max(...bounds),
+  };
+}
+
 interface Pool {
   norm: [Tensor, Tensor];
   q: LinearWeights;
@@ -205,6 +265,12 @@ export class NaViT implements VisionArchitecture {
   readonly #backend: Backend;
   readonly #tensors: Tensor[] = [];
   readonly #linears: LinearWeights[] = [];
+  /**
+   * At int8: how many linear layers stay float32 because they feed a sharp attention
+   * (see {@link SHARP_ATTENTION_LOGIT_BOUND}), out of how many; null when all are int8
+   * or the model runs at float32.
+   */
+  readonly keptFloat: { layers: number; of: number; reason: string } | null;
   readonly #patchNorm: [Tensor, Tensor];
   readonly #patchLinear: LinearWeights;
   readonly #embedNorm: [Tensor, Tensor];
@@ -245,22 +311,42 @@ export class NaViT implements VisionArchitecture {
     ];
     // Weights may be int8 with per-row scales (a quantized checkpoint): row splits and
     // stacks below keep them int8.
-    const linear = (weight: LinearMatrix, bias: HostTensor | null): LinearWeights => {
+    const headGamma = (name: string): Float32Array => store.get(name, [heads, 1, dimHead]).data;
+    const float = keptFloatLinears(
+      [
+        ...Array.from({ length: depth }, (_, layer) =>
+          [
+            headGamma(`transformer.layers.${layer}.0.q_norm.gamma`),
+            headGamma(`transformer.layers.${layer}.0.k_norm.gamma`),
+          ] as const),
+        [headGamma("attn_pool.q_norm.gamma"), headGamma("attn_pool.k_norm.gamma")],
+      ],
+      heads,
+      dimHead,
+    );
+    let floatLayers = 0;
+    const linear = (
+      weight: LinearMatrix,
+      bias: HostTensor | null,
+      keepFloat: boolean,
+    ): LinearWeights => {
+      if (keepFloat) floatLayers++;
       const prepared = prepareLinearParams(
         backend,
         linearFromMatrix(weight, bias?.data ?? null),
-        precision,
+        keepFloat ? "f32" : precision,
       );
       this.#linears.push(prepared);
       return prepared;
     };
-    const matrix = (name: string, shape: readonly number[]) => store.linearWeight(name, shape);
-    const headGamma = (name: string): Float32Array => store.get(name, [heads, 1, dimHead]).data;
+    const matrix = (name: string, shape: readonly number[], keepFloat: boolean) =>
+      store.linearWeight(name, shape, { keepFloat });
 
     this.#patchNorm = norm("to_patch_embedding.0", patchDim);
     this.#patchLinear = linear(
-      matrix("to_patch_embedding.1.weight", [dim, patchDim]),
+      matrix("to_patch_embedding.1.weight", [dim, patchDim], float.embedding),
       store.get("to_patch_embedding.1.bias", [dim]),
+      float.embedding,
     );
     this.#embedNorm = norm("to_patch_embedding.2", dim);
     this.#posHeight = this.#upload(store.get("pos_embed_height", [rows, dim]).data, [rows, dim]);
@@ -268,44 +354,64 @@ export class NaViT implements VisionArchitecture {
 
     for (let layer = 0; layer < depth; layer++) {
       const prefix = `transformer.layers.${layer}`;
-      const toQ = matrix(`${prefix}.0.to_q.weight`, [inner, dim]);
-      const toKv = matrix(`${prefix}.0.to_kv.weight`, [2 * inner, dim]);
+      const { logits, rest } = float.blocks[layer];
+      // to_kv holds k (which feeds the logits) and v (which does not): one file tensor,
+      // so it stays float when either half must.
+      const toQ = matrix(`${prefix}.0.to_q.weight`, [inner, dim], logits);
+      const toKv = matrix(`${prefix}.0.to_kv.weight`, [2 * inner, dim], logits || rest);
       const qkGamma = new Float32Array(2 * inner);
       qkGamma.set(headGamma(`${prefix}.0.q_norm.gamma`));
       qkGamma.set(headGamma(`${prefix}.0.k_norm.gamma`), inner);
       this.#blocks.push({
         norm: norm(`${prefix}.0.norm`, dim),
-        qk: linear(stackMatrices([toQ, matrixRows(toKv, 0, inner)]), null),
-        v: linear(matrixRows(toKv, inner, 2 * inner), null),
+        qk: linear(stackMatrices([toQ, matrixRows(toKv, 0, inner)]), null, logits),
+        v: linear(matrixRows(toKv, inner, 2 * inner), null, rest),
         qkGamma: this.#upload(qkGamma, [2 * inner]),
-        out: linear(matrix(`${prefix}.0.to_out.0.weight`, [dim, inner]), null),
+        out: linear(matrix(`${prefix}.0.to_out.0.weight`, [dim, inner], rest), null, rest),
         ffNorm: norm(`${prefix}.1.0`, dim),
         ff1: linear(
-          matrix(`${prefix}.1.1.weight`, [mlpDim, dim]),
+          matrix(`${prefix}.1.1.weight`, [mlpDim, dim], rest),
           store.get(`${prefix}.1.1.bias`, [mlpDim]),
+          rest,
         ),
         ff2: linear(
-          matrix(`${prefix}.1.4.weight`, [dim, mlpDim]),
+          matrix(`${prefix}.1.4.weight`, [dim, mlpDim], rest),
           store.get(`${prefix}.1.4.bias`, [dim]),
+          rest,
         ),
       });
     }
     this.#finalNorm = norm("transformer.norm", dim);
 
     this.#poolQuery = new Float32Array(store.get("attn_pool_queries", [dim]).data);
-    const poolKv = matrix("attn_pool.to_kv.weight", [2 * inner, dim]);
+    const poolLogits = float.pool;
+    const poolKv = matrix("attn_pool.to_kv.weight", [2 * inner, dim], poolLogits);
     this.#pool = {
       norm: norm("attn_pool.norm", dim),
-      q: linear(matrix("attn_pool.to_q.weight", [inner, dim]), null),
-      k: linear(matrixRows(poolKv, 0, inner), null),
-      v: linear(matrixRows(poolKv, inner, 2 * inner), null),
+      q: linear(matrix("attn_pool.to_q.weight", [inner, dim], poolLogits), null, poolLogits),
+      k: linear(matrixRows(poolKv, 0, inner), null, poolLogits),
+      // v rides in the same file tensor as k; in memory it runs at int8 all the same.
+      v: linear(matrixRows(poolKv, inner, 2 * inner), null, false),
       qGamma: this.#upload(headGamma("attn_pool.q_norm.gamma"), [inner]),
       kGamma: this.#upload(headGamma("attn_pool.k_norm.gamma"), [inner]),
-      out: linear(matrix("attn_pool.to_out.0.weight", [dim, inner]), null),
+      out: linear(matrix("attn_pool.to_out.0.weight", [dim, inner], false), null, false),
     };
     this.#headNorm = norm("mlp_head.0", dim);
-    this.#head = linear(matrix("mlp_head.1.weight", [config.numClasses, dim]), null);
+    this.#head = linear(
+      matrix("mlp_head.1.weight", [config.numClasses, dim], false),
+      null,
+      false,
+    );
     store.assertAllUsed();
+    this.keptFloat = precision === "int8" && floatLayers > 0
+      ? {
+        layers: floatLayers,
+        of: this.#linears.length,
+        reason: `q/k norm gains bound the attention logits by ±${
+          Math.round(float.maxLogitBound)
+        } (> ${SHARP_ATTENTION_LOGIT_BOUND}): such a softmax is nearly an argmax, and int8 error in any layer that feeds it flips which token wins`,
+      }
+      : null;
   }
 
   /**

@@ -48,6 +48,12 @@ export interface VisionArchitecture {
   readonly inputSize: { height: number; width: number } | null;
   readonly patchSize: number;
   readonly precision: Precision;
+  /**
+   * At int8: linear layers the architecture keeps float32 because quantizing them would
+   * break its outputs (NaViT with sharp attention), and why; absent or null when every
+   * linear layer runs int8.
+   */
+  readonly keptFloat?: { layers: number; of: number; reason: string } | null;
   readonly backend: Backend;
   /** `pixels`: `[n, channels, height, width]` normalized. */
   forward(

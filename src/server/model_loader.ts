@@ -48,6 +48,7 @@ export function servedModelFromModel(name: string, model: Model): ServedModel {
       architecture: config.architecture,
       preprocess: config.preprocess,
       config: config.checkpoint,
+      ...(model.architecture.keptFloat ? { keptFloat: model.architecture.keptFloat } : {}),
     }),
     // The decoders compile their wasm on first use: do it before the first request.
     warmup: () => initDecoders(),

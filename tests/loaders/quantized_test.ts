@@ -202,7 +202,10 @@ Deno.test("the quantizer stores exactly the model's linear weights as I8, the re
   const expected: Record<string, number> = {
     "vitpytorch-vit-cls": 10, // patch, 2 × (qkv, out, fc1, fc2), head
     "vitpytorch-simplevit": 10,
-    "vitpytorch-navit": 15, // patch, 2 × (q, kv, out, ff1, ff2), pool q, kv, out, head
+    // patch, 2 × (q, kv, out, ff1, ff2), pool q, kv, out, head: 15, but q/k gains ≈13 make
+    // its attention sharp, so all but the pool's out and the head stay float32
+    // (tests/models/int8_test.ts).
+    "vitpytorch-navit": 2,
     "hf-vit": 14, // conv patch, 2 × (q, k, v, out, fc1, fc2), classifier
     "timm-vit": 10,
   };
