@@ -43,11 +43,15 @@ export function forwardFlops(dim: number, depth: number, mlp: number): number {
 }
 
 /** A timm checkpoint of random weights (uniform ±1/√fan-in), as safetensors bytes. */
-export function randomTimmCheckpoint(shape: ShapeName, seed = 1): {
+export function randomTimmCheckpoint(
+  shape: ShapeName,
+  seed = 1,
+  depth: number = SHAPES[shape].depth,
+): {
   config: Record<string, unknown>;
   weights: Uint8Array;
 } {
-  const { name, dim, depth, mlp } = SHAPES[shape];
+  const { name, dim, mlp } = SHAPES[shape];
   const random = seededRandom(seed);
   const tensors: Record<string, SafetensorsInput> = {};
   const add = (key: string, dims: number[], scale: number, around = 0) => {
@@ -81,7 +85,11 @@ export function randomTimmCheckpoint(shape: ShapeName, seed = 1): {
   add("head.weight", [CLASSES, dim], 1 / Math.sqrt(dim));
   add("head.bias", [CLASSES], 0.02);
   return {
-    config: { architecture: name, num_classes: CLASSES },
+    config: {
+      architecture: name,
+      num_classes: CLASSES,
+      ...(depth === SHAPES[shape].depth ? {} : { model_args: { depth } }),
+    },
     weights: serializeSafetensors(tensors),
   };
 }

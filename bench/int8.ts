@@ -35,8 +35,8 @@ import type {
   Tensor,
 } from "../src/backends/backend.ts";
 import { WasmBackend } from "../src/backends/wasm/wasm_backend.ts";
-import { writeQuantizedCheckpoint } from "../src/loaders/quantize_cli.ts";
-import { loadModel, type Model, resolveBackend } from "../src/model.ts";
+import { quantizeCheckpoint, writeQuantizedCheckpoint } from "../src/loaders/quantize_cli.ts";
+import { loadModel, resolveBackend } from "../src/model.ts";
 import { seededRandom } from "../src/models/vit.ts";
 import type { SHAPES } from "./forward_bench.ts";
 
@@ -74,7 +74,7 @@ async function speed(shapes: ShapeName[], batches: number[], runs: number): Prom
   const rows: SpeedRow[] = [];
   for (const shape of shapes) {
     const checkpoint = (await forwardBench()).randomTimmCheckpoint(shape);
-    const models: Record<"f32" | "int8", Model> = {
+    const models: Record<"f32" | "int8", Awaited<ReturnType<typeof loadModel>>> = {
       f32: await loadModel(checkpoint, { backend: "wasm", precision: "f32" }),
       int8: await loadModel(checkpoint, { backend: "wasm", precision: "int8" }),
     };
@@ -122,7 +122,7 @@ async function speed(shapes: ShapeName[], batches: number[], runs: number): Prom
 
 // ─── Memory ─────────────────────────────────────────────────────────────────────────
 
-type LoadWay = "none" | "f32" | "int8-at-load" | "int8-checkpoint";
+type LoadWay = "f32" | "int8-at-load" | "int8-checkpoint";
 
 /** What one child process measured, in bytes. */
 interface ChildMeasure {
@@ -131,15 +131,17 @@ interface ChildMeasure {
   /** wasm blocks in use after the load (the packed weights, norms, positions). */
   weightBytes: number;
   wasmGrowth: number;
-  /** After the load and a full GC. */
-  rss: number;
-  /** Whether the checkpoint's bytes were garbage-collected once the model was loaded. */
+  /**
+   * What the model itself holds: its wasm blocks plus the growth of the JS heap and of
+   * external (ArrayBuffer) memory across the load.
+   */
+  modelBytes: number;
+  /** RSS growth across the first load, after a full GC. */
+  rssOfLoad: number;
+  /** RSS growth across loading a second copy beside the first, after a full GC. */
+  rssOfSecondCopy: number;
+  /** Whether the checkpoint's bytes were garbage-collected once the models were loaded. */
   checkpointFreed: boolean;
-}
-
-/** A child's figures, RSS relative to the child that loads nothing. */
-interface MemoryRow extends ChildMeasure {
-  rssGrowth: number;
 }
 
 /** Full GCs with pauses between them: V8 frees dead ArrayBuffers' memory on a background task. */
@@ -150,49 +152,76 @@ async function settle(gc: () => void): Promise<void> {
   }
 }
 
-/** Reads and loads a model folder; only the model (and a weak ref to the bytes) survive. */
-async function loadFolder(
-  dir: string,
-  backend: WasmBackend,
-  precision: "f32" | "int8",
-): Promise<{ model: Model; bytes: WeakRef<Uint8Array>; fileBytes: number }> {
-  const weights = await Deno.readFile(`${dir}/model.safetensors`);
-  const config = await Deno.readTextFile(`${dir}/config.json`);
-  const model = await loadModel({ config, weights }, { backend, precision });
-  return { model, bytes: new WeakRef(weights), fileBytes: weights.byteLength };
-}
-
 /**
- * Runs in a fresh process: loads `dir` one way (or nothing, the baseline) and reports
- * what stays resident once the load's garbage is collected.
+ * Runs in a fresh process: loads `dir` one way and reports what stays resident. A tiny
+ * model is loaded and closed first, so the once-per-process costs of loading anything
+ * fall outside the measurement; the checkpoint's bytes are read before the first sample
+ * and kept until the last, so no transient file buffer is counted. Then a second copy is
+ * loaded beside the first: its RSS growth is a loaded model's marginal resident size in
+ * a warm process (the loader's hot loops were compiled during the first copy).
  */
 async function memoryChild(way: LoadWay, dir: string): Promise<ChildMeasure> {
   const gc = (globalThis as { gc?: () => void }).gc;
   if (!gc) throw new Error("run the memory child with --v8-flags=--expose-gc");
   const backend = await WasmBackend.create();
+  await warmUpLoad(way, backend);
+  let weights: Uint8Array | null = await Deno.readFile(`${dir}/model.safetensors`);
+  const config = await Deno.readTextFile(`${dir}/config.json`);
+  const fileBytes = weights.byteLength;
+  const precision = way === "int8-at-load" ? "int8" : "f32";
+  await settle(gc);
+  const usage0 = Deno.memoryUsage();
   const inUse0 = backend.kernels.bytesInUse;
   const memory0 = backend.kernels.memoryBytes;
-  const loaded = way === "none"
-    ? null
-    : await loadFolder(dir, backend, way === "int8-at-load" ? "int8" : "f32");
-  if (loaded && loaded.model.precision !== (way === "f32" ? "f32" : "int8")) {
-    throw new Error(`${way} loaded at ${loaded.model.precision}`);
+  const first = await loadModel({ config, weights }, { backend, precision });
+  if (first.precision !== (way === "f32" ? "f32" : "int8")) {
+    throw new Error(`${way} loaded at ${first.precision}`);
   }
+  await settle(gc);
+  const usage1 = Deno.memoryUsage();
+  const weightBytes = backend.kernels.bytesInUse - inUse0;
+  const wasmGrowth = backend.kernels.memoryBytes - memory0;
+  const second = await loadModel({ config, weights }, { backend, precision });
+  await settle(gc);
+  const usage2 = Deno.memoryUsage();
+  const bytes = new WeakRef(weights);
+  weights = null;
   await settle(gc);
   const row: ChildMeasure = {
     way,
-    fileBytes: loaded?.fileBytes ?? 0,
-    weightBytes: backend.kernels.bytesInUse - inUse0,
-    wasmGrowth: backend.kernels.memoryBytes - memory0,
-    rss: Deno.memoryUsage().rss,
-    checkpointFreed: loaded ? loaded.bytes.deref() === undefined : true,
+    fileBytes,
+    weightBytes,
+    wasmGrowth,
+    modelBytes: weightBytes + usage1.heapUsed - usage0.heapUsed + usage1.external -
+      usage0.external,
+    rssOfLoad: usage1.rss - usage0.rss,
+    rssOfSecondCopy: usage2.rss - usage1.rss,
+    checkpointFreed: bytes.deref() === undefined,
   };
-  loaded?.model.close();
+  first.close();
+  second.close();
   backend.dispose();
   return row;
 }
 
-async function memory(shape: ShapeName): Promise<MemoryRow[]> {
+/** The tiny timm fixture (dim 64, depth 2, 0.3 MB) that pays a process's first-load costs. */
+const WARM_UP_MODEL = new URL("../../shared/fixtures/parity/timm-vit/", import.meta.url);
+
+/** Loads and closes the tiny model `way`'s way: float32, int8 at load, or an int8 checkpoint. */
+async function warmUpLoad(way: LoadWay, backend: WasmBackend): Promise<void> {
+  const config = await Deno.readTextFile(new URL("config.json", WARM_UP_MODEL));
+  const weights = await Deno.readFile(new URL("model.safetensors", WARM_UP_MODEL));
+  const source = way === "int8-checkpoint"
+    ? await quantizeCheckpoint({ config, weights }).then((q) => ({
+      config: q.config,
+      weights: q.weights,
+    }))
+    : { config, weights };
+  const precision = way === "f32" ? "f32" : "int8";
+  (await loadModel(source, { backend, precision })).close();
+}
+
+async function memory(shape: ShapeName): Promise<ChildMeasure[]> {
   const root = await Deno.makeTempDir({ prefix: "edgevit-int8-bench-" });
   try {
     const float = `${root}/f32`;
@@ -204,7 +233,6 @@ async function memory(shape: ShapeName): Promise<MemoryRow[]> {
     await writeQuantizedCheckpoint(float, int8);
     const measures: ChildMeasure[] = [];
     const ways: [LoadWay, string][] = [
-      ["none", float],
       ["f32", float],
       ["int8-at-load", float],
       ["int8-checkpoint", int8],
@@ -223,15 +251,14 @@ async function memory(shape: ShapeName): Promise<MemoryRow[]> {
         ],
         // A fixed mmap threshold makes glibc hand large freed buffers back to the OS, so
         // RSS shows what is live rather than what the allocator kept.
-        env: { MALLOC_MMAP_THRESHOLD_: "131072" },
+        env: { MALLOC_MMAP_THRESHOLD_: "16384", MALLOC_TRIM_THRESHOLD_: "131072" },
         stdout: "piped",
         stderr: "inherit",
       }).output();
       if (output.code !== 0) throw new Error(`memory child ${way} failed`);
       measures.push(JSON.parse(new TextDecoder().decode(output.stdout)));
     }
-    const [none, ...loaded] = measures;
-    return loaded.map((m) => ({ ...m, rssGrowth: m.rss - none.rss }));
+    return measures;
   } finally {
     await Deno.remove(root, { recursive: true });
   }
@@ -588,16 +615,18 @@ async function main(): Promise<void> {
       const base = rows[0];
       console.log(`\n${shape}: resident memory after loadModel (wasm, ${flavour}), MiB\n`);
       console.log(
-        "| loaded as | model.safetensors | backend weight bytes | wasm memory growth | RSS growth after GC | checkpoint bytes collected |",
+        "| loaded as | model.safetensors | backend weight bytes | wasm memory growth | model's own bytes | RSS growth, first load | RSS growth, second copy | checkpoint bytes collected |",
       );
-      console.log("| --- | --- | --- | --- | --- | --- |");
+      console.log("| --- | --- | --- | --- | --- | --- | --- | --- |");
       for (const row of rows) {
         const ratio = (value: number, of: number) => `${mb(value)} (${(value / of).toFixed(2)}×)`;
         console.log(
           `| ${row.way} | ${ratio(row.fileBytes, base.fileBytes)} | ${
             ratio(row.weightBytes, base.weightBytes)
           } | ${ratio(row.wasmGrowth, base.wasmGrowth)} | ${
-            ratio(row.rssGrowth, base.rssGrowth)
+            ratio(row.modelBytes, base.modelBytes)
+          } | ${ratio(row.rssOfLoad, base.rssOfLoad)} | ${
+            ratio(row.rssOfSecondCopy, base.rssOfSecondCopy)
           } | ${row.checkpointFreed ? "yes" : "no"} |`,
         );
       }
