@@ -6,12 +6,12 @@
  * same background load, and prints the median throughput, p50 and p99 latency and
  * mean batch size per level. It stops by itself.
  *
- *     deno task bench:load [--model DIR] [--backend wasm] [--clients 1,8,32]
- *       [--requests 1000] [--trials 3] [--max-batch 16] [--max-wait-ms 2]
+ *     deno task bench:load [--model DIR] [--backend wasm] [--precision f32|int8]
+ *       [--clients 1,8,32] [--requests 1000] [--trials 3] [--max-batch 16] [--max-wait-ms 2]
  *
- * Without `--model` it serves the default model (models/vit-fmnist) when present,
- * else a stand-in with the same geometry and random weights (speed does not depend
- * on the weights' values), written to a temporary folder.
+ * Without `--model` it serves the server's default model (models/patchmerger-fmnist)
+ * when present, else a stand-in with vit-fmnist's geometry and random weights (speed
+ * does not depend on the weights' values), written to a temporary folder.
  *
  * @module
  */
@@ -19,11 +19,14 @@
 import encodePng from "@jsquash/png/encode.js";
 import process from "node:process";
 import { serializeSafetensors } from "../src/loaders/safetensors.ts";
+import type { Precision } from "../src/backends/backend.ts";
 import { type BackendChoice, loadModel } from "../src/model.ts";
+import { DEFAULT_MODEL } from "../src/server/config.ts";
 
 interface Options {
   model: string | null;
   backend: string;
+  precision: string;
   clients: number[];
   requests: number;
   trials: number;
@@ -35,6 +38,7 @@ function parseArgs(args: string[]): Options {
   const options: Options = {
     model: null,
     backend: "wasm",
+    precision: "f32",
     clients: [1, 8, 32],
     requests: 1000,
     trials: 3,
@@ -51,6 +55,9 @@ function parseArgs(args: string[]): Options {
         break;
       case "--backend":
         options.backend = value;
+        break;
+      case "--precision":
+        options.precision = value;
         break;
       case "--clients":
         options.clients = value.split(",").map(Number);
@@ -78,7 +85,7 @@ function parseArgs(args: string[]): Options {
   return options;
 }
 
-/** The default model's geometry (models/vit-fmnist), for the stand-in. */
+/** models/vit-fmnist's first-round geometry, for the stand-in. */
 const FMNIST_VIT = {
   image_size: [28, 28],
   patch_size: 4,
@@ -92,7 +99,7 @@ const FMNIST_VIT = {
   mlp_dim: 128,
 };
 
-/** Writes a vit-pytorch ViT with the default model's geometry and random weights. */
+/** Writes a vit-pytorch ViT with vit-fmnist's first-round geometry and random weights. */
 export async function writeStandIn(): Promise<string> {
   const dir = await Deno.makeTempDir({ prefix: "edgevit-standin-" });
   const { dim, depth, heads, dim_head: headDim, mlp_dim: mlp, channels, num_classes } = FMNIST_VIT;
@@ -172,6 +179,8 @@ async function startServer(options: Options, model: string, maxBatch: number): P
       model,
       "--backend",
       options.backend,
+      "--precision",
+      options.precision,
       "--max-batch",
       String(maxBatch),
       "--max-wait-ms",
@@ -266,6 +275,8 @@ interface Level {
   serverCpu: number;
   /** p99 of the server's own timings (queue + preprocess + inference), ms. */
   serverP99: number;
+  /** This load generator's own CPU time per request, ms (it shares the machine's cores). */
+  clientCpu: number;
   errors: number;
 }
 
@@ -287,6 +298,7 @@ async function runLevel(
   const served: number[] = [];
   let errors = 0;
   let next = 0;
+  const clientCpu0 = selfCpuMs();
   const start = performance.now();
   await Promise.all(Array.from({ length: clients }, async () => {
     while (next < requests) {
@@ -308,6 +320,7 @@ async function runLevel(
     }
   }));
   const seconds = (performance.now() - start) / 1000;
+  const clientCpu = (selfCpuMs() - clientCpu0) / requests;
   const after = await serverStats(base);
   const serverCpu = (after.cpuMs - before.cpuMs) / requests;
   latencies.sort((a, b) => a - b);
@@ -323,34 +336,56 @@ async function runLevel(
     meanBatch: (after.sum - before.sum) / Math.max(1, after.count - before.count),
     serverCpu,
     serverP99: percentile(served, 99),
+    clientCpu,
     errors,
   };
 }
 
 /**
  * The model alone: CPU ms per image of a forward at batch 1, 4 and 16 (what batching can
- * save at most, before HTTP, decoding and JSON take their share).
+ * save at most, before HTTP, decoding and JSON take their share). Every size runs until
+ * the wasm has tiered up (V8 compiles it on background threads, which count in process
+ * CPU time) before any is timed, then the sizes take turns, so neither compilation nor
+ * a change in background load lands on one size only.
  */
-async function forwardCost(model: string, backend: string): Promise<Record<number, number>> {
-  const loaded = await loadModel(model, { backend: backend as BackendChoice });
+async function forwardCost(
+  model: string,
+  backend: string,
+  precision: string,
+): Promise<Record<number, number>> {
+  const loaded = await loadModel(model, {
+    backend: backend as BackendChoice,
+    precision: precision as Precision,
+  });
   const { channels } = loaded.config;
   const { height, width } = loaded.config.inputSize ?? { height: 64, width: 64 };
-  const costs: Record<number, number> = {};
+  const sizes = [1, 4, 16];
+  const spent: Record<number, number> = {};
+  const images: Record<number, number> = {};
   try {
-    for (const n of [1, 4, 16]) {
-      const pixels = new Float32Array(n * channels * height * width);
-      const shape = [n, channels, height, width];
-      // Past the wasm tier-up (compiled on background threads, counted in CPU time).
-      for (let i = 0; i < Math.ceil(160 / n); i++) await loaded.forward(pixels, shape);
-      const runs = Math.ceil(480 / n);
-      const before = selfCpuMs();
-      for (let i = 0; i < runs; i++) await loaded.forward(pixels, shape);
-      costs[n] = (selfCpuMs() - before) / (runs * n);
+    const inputs = sizes.map((n) => ({
+      n,
+      pixels: new Float32Array(n * channels * height * width),
+      shape: [n, channels, height, width] as [number, number, number, number],
+    }));
+    for (let round = 0; round < 2; round++) {
+      for (const { n, pixels, shape } of inputs) {
+        for (let i = 0; i < Math.ceil(800 / n); i++) await loaded.forward(pixels, shape);
+      }
+    }
+    for (let round = 0; round < 4; round++) {
+      for (const { n, pixels, shape } of inputs) {
+        const runs = Math.ceil(240 / n);
+        const before = selfCpuMs();
+        for (let i = 0; i < runs; i++) await loaded.forward(pixels, shape);
+        spent[n] = (spent[n] ?? 0) + selfCpuMs() - before;
+        images[n] = (images[n] ?? 0) + runs * n;
+      }
     }
   } finally {
     loaded.close();
   }
-  return costs;
+  return Object.fromEntries(sizes.map((n) => [n, spent[n] / images[n]]));
 }
 
 function median(values: number[]): number {
@@ -365,8 +400,8 @@ async function main() {
   let standIn: string | null = null;
   if (!model) {
     try {
-      await Deno.stat("models/vit-fmnist/config.json");
-      model = "models/vit-fmnist";
+      await Deno.stat(`models/${DEFAULT_MODEL}/config.json`);
+      model = `models/${DEFAULT_MODEL}`;
     } catch {
       standIn = await writeStandIn();
       model = standIn;
@@ -374,13 +409,13 @@ async function main() {
   }
   console.log(
     `model ${standIn ? "stand-in (vit-fmnist geometry, random weights)" : model}, ` +
-      `backend ${options.backend}, ${options.requests} requests per level and trial, ` +
+      `backend ${options.backend}, precision ${options.precision}, ${options.requests} requests per level and trial, ` +
       `${options.trials} trials; batching on = --max-batch ${options.maxBatch} ` +
       `--max-wait-ms ${options.maxWaitMs}, off = --max-batch 1`,
   );
   const servers: Server[] = [];
   try {
-    const costs = await forwardCost(model, options.backend);
+    const costs = await forwardCost(model, options.backend, options.precision);
     console.log(
       `forward alone, CPU ms per image: ${
         Object.entries(costs).map(([n, ms]) => `batch ${n}: ${ms.toFixed(3)}`).join(", ")
@@ -411,7 +446,8 @@ async function main() {
               `${String(clients).padStart(2)}: ${level.throughput.toFixed(1)} req/s, ` +
               `p50 ${level.p50.toFixed(2)} ms, p99 ${level.p99.toFixed(2)} ms, ` +
               `mean batch ${level.meanBatch.toFixed(2)}, ` +
-              `server CPU ${level.serverCpu.toFixed(3)} ms/request` +
+              `server CPU ${level.serverCpu.toFixed(3)} ms/request, ` +
+              `client CPU ${level.clientCpu.toFixed(3)} ms/request` +
               (level.errors ? `, ${level.errors} errors` : ""),
           );
         }
@@ -426,17 +462,18 @@ async function main() {
         meanBatch: median(levels.map((r) => r.meanBatch)),
         serverCpu: median(levels.map((r) => r.serverCpu)),
         serverP99: median(levels.map((r) => r.serverP99)),
+        clientCpu: median(levels.map((r) => r.clientCpu)),
         errors: levels.reduce((total, r) => total + r.errors, 0),
       };
     };
     console.log(`\nMedians of ${options.trials} trials:\n`);
     console.log(
       "| clients | batching | req/s | p50 ms | p99 ms | server p99 ms | mean batch | " +
-        "server CPU ms/request |",
+        "server CPU ms/request | client CPU ms/request |",
     );
     console.log(
       "| ------: | -------- | ----: | -----: | -----: | ------------: | ---------: | " +
-        "--------------------: |",
+        "--------------------: | --------------------: |",
     );
     for (const clients of options.clients) {
       for (const batching of [false, true]) {
@@ -445,7 +482,7 @@ async function main() {
           `| ${clients} | ${batching ? "on" : "off"} | ${m.throughput.toFixed(0)} | ` +
             `${m.p50.toFixed(2)} | ${m.p99.toFixed(2)} | ${m.serverP99.toFixed(2)} | ` +
             `${m.meanBatch.toFixed(2)} | ` +
-            `${m.serverCpu.toFixed(3)} |`,
+            `${m.serverCpu.toFixed(3)} | ${m.clientCpu.toFixed(3)} |`,
         );
       }
     }

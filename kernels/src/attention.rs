@@ -209,16 +209,24 @@ pub unsafe extern "C" fn attention_f32(
                     let span = kend.div_ceil(KB) * KB - j0;
                     let bk = if span < BK { span } else { BK };
                     scores(kt.add(j0 * d_len), qp, d_len, bk / KB, p);
-                    if !uniform || j0 < kstart || j0 + bk > kend {
-                        for jj in 0..bk {
-                            let key = j0 + jj;
-                            let outside = key < kstart || key >= kend;
-                            let ks = if outside { 0 } else { seg(k_seg, key) };
-                            for r in 0..BQ {
-                                if outside || ks != segs[r] {
-                                    *p.add(jj * BQ + r) = f32::NEG_INFINITY;
-                                }
-                            }
+                    // Keys outside [kstart, kend) (chunk padding, other segments) are masked
+                    // for all 4 rows with one store each. Inside, every key belongs to one of
+                    // the rows' segments: only a block whose rows span segments compares ids,
+                    // all 4 rows at once.
+                    let inside_from = kstart.saturating_sub(j0).min(bk);
+                    let inside_to = kend.saturating_sub(j0).min(bk);
+                    for jj in 0..inside_from {
+                        store(p.add(jj * BQ), neg_inf);
+                    }
+                    for jj in inside_to..bk {
+                        store(p.add(jj * BQ), neg_inf);
+                    }
+                    if !uniform {
+                        let row_segs = i32x4(segs[0], segs[1], segs[2], segs[3]);
+                        for jj in inside_from..inside_to {
+                            let keep = i32x4_eq(i32x4_splat(seg(k_seg, j0 + jj)), row_segs);
+                            let at = p.add(jj * BQ);
+                            store(at, v128_bitselect(load(at), neg_inf, keep));
                         }
                     }
                     if any_cls {
@@ -248,6 +256,8 @@ pub unsafe extern "C" fn attention_f32(
                     // alpha is 0 (its state is still 0), instead of NaN from -inf - -inf.
                     let shift = v128_andnot(m_new, f32x4_eq(m_new, neg_inf));
                     let alpha = exp_nonpos_v(f32x4_sub(m, shift));
+                    // Four keys per exp call: V8 rebuilds the exp's splatted constants at every
+                    // call, so fewer, wider calls cut that cost (bk is a multiple of KB = 8).
                     let mut s0 = f32x4_splat(0.0);
                     let mut s1 = f32x4_splat(0.0);
                     let mut jj = 0;
@@ -256,12 +266,15 @@ pub unsafe extern "C" fn attention_f32(
                         let e = exp_nonpos_n([
                             f32x4_sub(load(at), shift),
                             f32x4_sub(load(at.add(BQ)), shift),
+                            f32x4_sub(load(at.add(2 * BQ)), shift),
+                            f32x4_sub(load(at.add(3 * BQ)), shift),
                         ]);
-                        store(at, e[0]);
-                        store(at.add(BQ), e[1]);
-                        s0 = f32x4_add(s0, e[0]);
-                        s1 = f32x4_add(s1, e[1]);
-                        jj += 2;
+                        for (i, v) in e.iter().enumerate() {
+                            store(at.add(i * BQ), *v);
+                        }
+                        s0 = f32x4_add(s0, f32x4_add(e[0], e[2]));
+                        s1 = f32x4_add(s1, f32x4_add(e[1], e[3]));
+                        jj += 4;
                     }
                     l = madd(l, alpha, f32x4_add(s0, s1));
                     m = m_new;

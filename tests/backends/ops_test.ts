@@ -405,6 +405,24 @@ for (const { name, create } of BACKENDS) {
         heads * 100 + headDim,
       );
     }
+    // The served small models' shape: images of 49 tokens (query blocks of 4 straddle
+    // images), 4 heads of 16, q, k and v as column ranges of one fused tensor.
+    const images = 5;
+    await compareAttention(
+      b,
+      `${images} packed images of 49 tokens, 4×16, fused qkv`,
+      { queries: images * 49, keys: images * 49, cols: 3 * 64, fused: true },
+      {
+        heads: 4,
+        headDim: 16,
+        scale: 0.25,
+        kOffset: 64,
+        vOffset: 128,
+        querySegments: Int32Array.from({ length: images * 49 }, (_, i) => Math.floor(i / 49)),
+        returnClsAttention: true,
+      },
+      4916,
+    );
     // Queries and keys of different lengths; segment 4 has queries but no keys.
     const querySegments = Int32Array.from([0, 0, 0, 2, 2, 4, 4, 9]);
     const keySegments = Int32Array.from([0, 0, 2, 2, 2, 2, 2, 2, 2, 2, 2, 9, 9, 11]);
