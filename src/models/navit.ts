@@ -27,7 +27,13 @@ import { ConfigReader } from "../loaders/config.ts";
 import { linearFromMatrix, matrixRows, stackMatrices } from "../loaders/quantized.ts";
 import { type HostTensor, type LinearMatrix, WeightStore } from "../loaders/weights.ts";
 import { packGreedy, validateGroups } from "./packing.ts";
-import type { ForwardOptions, ForwardOutput, PackedImage, VisionArchitecture } from "./types.ts";
+import type {
+  ForwardOptions,
+  ForwardOutput,
+  KeptFloatReport,
+  PackedImage,
+  VisionArchitecture,
+} from "./types.ts";
 import { prepareLinearParams, seededRandom } from "./vit.ts";
 
 /** vit-pytorch `NaViT` constructor arguments (the ones inference needs). */
@@ -270,7 +276,7 @@ export class NaViT implements VisionArchitecture {
    * (see {@link SHARP_ATTENTION_LOGIT_BOUND}), out of how many; null when all are int8
    * or the model runs at float32.
    */
-  readonly keptFloat: { layers: number; of: number; reason: string } | null;
+  readonly keptFloat: KeptFloatReport | null;
   readonly #patchNorm: [Tensor, Tensor];
   readonly #patchLinear: LinearWeights;
   readonly #embedNorm: [Tensor, Tensor];

@@ -39,6 +39,13 @@ export interface ForwardOutput {
   tokenIds?: Int32Array[][];
 }
 
+/** Linear layers an int8 model keeps float32: how many, out of how many, and why. */
+export interface KeptFloatReport {
+  layers: number;
+  of: number;
+  reason: string;
+}
+
 /** An architecture built on a backend with its weights uploaded. */
 export interface VisionArchitecture {
   readonly numClasses: number;
@@ -53,7 +60,7 @@ export interface VisionArchitecture {
    * break its outputs (NaViT with sharp attention), and why; absent or null when every
    * linear layer runs int8.
    */
-  readonly keptFloat?: { layers: number; of: number; reason: string } | null;
+  readonly keptFloat?: KeptFloatReport | null;
   readonly backend: Backend;
   /** `pixels`: `[n, channels, height, width]` normalized. */
   forward(
