@@ -93,6 +93,25 @@ export interface KernelExports {
     cls: number,
     scratch: number,
   ): void;
+  attention_scratch_len_int8(queries: number, keys: number, headDim: number): number;
+  attention_int8(
+    q: number,
+    qStride: number,
+    k: number,
+    kStride: number,
+    v: number,
+    vStride: number,
+    out: number,
+    queries: number,
+    keys: number,
+    heads: number,
+    headDim: number,
+    scale: number,
+    qSeg: number,
+    kSeg: number,
+    cls: number,
+    scratch: number,
+  ): void;
   layer_norm_f32(
     x: number,
     rows: number,

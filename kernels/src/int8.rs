@@ -86,16 +86,18 @@ pub unsafe extern "C" fn quantize_rows_u7(
     scales: *mut f32,
     zeros: *mut i32,
 ) {
-    unsafe { quantize_rows::<false>(x, m, k, out, scales, zeros) }
+    unsafe { quantize_rows::<false>(x, m, k, k, out, scales, zeros) }
 }
 
-/// [`quantize_rows_u7`], or with `WIDE` the same values stored as i16 (`[m][k16]`), which
-/// the plain build's `i32x4.dot_i16x8_s` reads without widening.
+/// [`quantize_rows_u7`] over rows `stride` floats apart, or with `WIDE` the same values
+/// stored as i16 (`[m][k16]`), which the plain build's `i32x4.dot_i16x8_s` reads without
+/// widening.
 #[inline(always)]
-unsafe fn quantize_rows<const WIDE: bool>(
+pub(crate) unsafe fn quantize_rows<const WIDE: bool>(
     x: *const f32,
     m: usize,
     k: usize,
+    stride: usize,
     out: *mut u8,
     scales: *mut f32,
     zeros: *mut i32,
@@ -103,7 +105,7 @@ unsafe fn quantize_rows<const WIDE: bool>(
     unsafe {
         let k16 = k.div_ceil(16) * 16;
         for i in 0..m {
-            let row = x.add(i * k);
+            let row = x.add(i * stride);
             let mut lo_v = f32x4_splat(0.0);
             let mut hi_v = f32x4_splat(0.0);
             // x - x is 0 for finite x and NaN for NaN and ±inf.
@@ -197,9 +199,9 @@ unsafe fn quantize_rows<const WIDE: bool>(
 
 /// Activations as the kernel reads them: u7 bytes (relaxed) or i16 (plain).
 #[cfg(target_feature = "relaxed-simd")]
-type Act = u8;
+pub(crate) type Act = u8;
 #[cfg(not(target_feature = "relaxed-simd"))]
-type Act = i16;
+pub(crate) type Act = i16;
 
 /// Adds the 16 products of weights `w` (i8) and activations at `a` into 4 lanes of `acc`.
 #[inline(always)]
@@ -333,9 +335,9 @@ pub unsafe extern "C" fn gemm_int8(
         let sx = scratch.add(m * k16 * core::mem::size_of::<Act>()) as *mut f32;
         let zx = sx.add(m) as *mut i32;
         if wide {
-            quantize_rows::<true>(a, m, k, scratch, sx, zx);
+            quantize_rows::<true>(a, m, k, k, scratch, sx, zx);
         } else {
-            quantize_rows::<false>(a, m, k, scratch, sx, zx);
+            quantize_rows::<false>(a, m, k, k, scratch, sx, zx);
         }
         let gelu = gelu != 0;
         // Balanced M-blocks of ≤ MC rows keep the quantized activations in L2 while every

@@ -7,6 +7,7 @@
 #![no_std]
 
 mod attention;
+mod attention_int8;
 mod elementwise;
 mod gemm;
 mod int8;

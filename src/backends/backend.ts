@@ -87,6 +87,15 @@ export interface AttentionOptions {
    * `softmax(q_cls·kᵀ·scale)[h, j]`. ATS needs it.
    */
   returnClsAttention?: boolean;
+  /**
+   * `"int8"` lets the backend compute `q·kᵀ` and `p·v` on int8 (the int8 models ask for
+   * it): q per row at unsigned 7 bits with a zero point, k per key row and v per column
+   * of each segment at int8, the softmax in float32 with its probabilities at 7 bits.
+   * It is a permission, not an order: the wasm backend takes it where its int8 kernel is
+   * faster (head dims of 48 and up), and backends without one (reference, WebGPU) compute
+   * float32. Default `"f32"`.
+   */
+  precision?: Precision;
 }
 
 /** What {@link Backend.attention} returns. */

@@ -633,6 +633,8 @@ export class NaViT implements VisionArchitecture {
           qOffset: 0,
           kOffset: inner,
           querySegments: segments,
+          // Layers the sharp-attention rule keeps in float32 keep a float32 attention.
+          precision: block.qk.precision === "int8" && block.v.precision === "int8" ? "int8" : "f32",
         }).output;
         keep(attended);
         x = keep(backend.add(x, keep(backend.linear(attended, block.out))));
@@ -671,6 +673,7 @@ export class NaViT implements VisionArchitecture {
           scale: 1,
           querySegments: Int32Array.from({ length: count }, (_, i) => i),
           keySegments: segments,
+          precision: pool.q.precision === "int8" && pool.k.precision === "int8" ? "int8" : "f32",
         }).output,
       ); // [images, inner]
       const y = keep(backend.add(keep(backend.linear(pooled, pool.out)), queries));

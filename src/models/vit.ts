@@ -585,6 +585,8 @@ export async function attentionBlock(
     vOffset: 2 * width,
     querySegments: stream.segments.ids,
     returnClsAttention: wantsCls,
+    // int8 blocks take the int8 attention where the backend has one.
+    precision: block.qkv.precision,
   });
   let output = result.output; // [rows, width]
   let residual = stream.x;

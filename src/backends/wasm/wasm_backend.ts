@@ -73,6 +73,15 @@ class WasmLinear implements LinearWeights {
 const F32 = 4;
 
 /**
+ * Smallest head dim for which the int8 attention kernel runs when a model allows it. Below,
+ * a head's dot products are one or two int8 vectors long, and quantizing q, k, v and the
+ * probabilities costs what the int8 dot saves (measured in bench/README.md, "int8
+ * attention": 197 tokens, head dim 16: 1.04× float32; 32: 1.24×; 48 and 64: 1.45×; 50
+ * tokens, head dim 16 or 32: 0.8–0.9×), so those heads stay float32.
+ */
+export const INT8_ATTENTION_MIN_HEAD_DIM = 48;
+
+/**
  * The WASM-SIMD backend.
  *
  * @example
@@ -326,11 +335,11 @@ export class WasmBackend implements Backend {
     const kSeg = keySegments ? this.#int32(keySegments) : 0;
     try {
       const e = kernels.exports;
-      const scratch = kernels.scratch(
-        "attention",
-        e.attention_scratch_len_f32(keys, headDim) * F32,
-      );
-      e.attention_f32(
+      const int8 = options.precision === "int8" && headDim >= INT8_ATTENTION_MIN_HEAD_DIM;
+      const scratch = int8
+        ? kernels.scratch("attention_int8", e.attention_scratch_len_int8(queries, keys, headDim))
+        : kernels.scratch("attention", e.attention_scratch_len_f32(keys, headDim) * F32);
+      (int8 ? e.attention_int8 : e.attention_f32)(
         query.ptr + qOffset * F32,
         qCols,
         key.ptr + kOffset * F32,
