@@ -653,8 +653,97 @@ export async function encoderBlock(
 }
 
 /**
+ * One whole block computed only for the first `keep` rows of each segment (all of a
+ * segment's rows when it has fewer), for a last block whose other rows nobody reads (CLS
+ * pooling reads CLS and the distillation token). Every row still gives its key and value,
+ * so each kept row gets exactly the value it gets in {@link encoderBlock}; the attention
+ * of the other queries, their projection, residual and MLP are skipped. Consumes
+ * `stream.x`.
+ *
+ * @returns the kept rows, as segments of `min(keep, length)` rows each
+ *
+ * @example
+ * ```ts
+ * import { ReferenceBackend } from "../backends/reference/reference_backend.ts";
+ * import { prefixEncoderBlock, prepareBlock, randomVitWeights, standardVitConfig, uniformSegments } from "./vit.ts";
+ * const config = standardVitConfig({
+ *   imageSize: 8, patchSize: 4, dim: 8, depth: 1, heads: 2, mlpDim: 16, numClasses: 2,
+ * });
+ * const backend = new ReferenceBackend();
+ * const block = prepareBlock(backend, randomVitWeights(config).blocks[0], 1e-6, "f32");
+ * // two images of CLS + 4 patches
+ * const x = backend.upload(new Float32Array(10 * 8).fill(0.5), [10, 8]);
+ * const out = prefixEncoderBlock(backend, { x, segments: uniformSegments(2, 5) }, block, config, 1);
+ * console.log(out.x.shape); // [2, 8]: the two CLS rows
+ * ```
+ */
+export function prefixEncoderBlock(
+  backend: Backend,
+  stream: TokenStream,
+  block: PreparedBlock,
+  shape: AttentionShape,
+  keep: number,
+): TokenStream {
+  const { heads, headDim } = shape;
+  const width = heads * headDim;
+  const { ids, offsets } = stream.segments;
+  const lengths = segmentLengths(stream.segments).map((length) => Math.min(length, keep));
+  const segments = segmentsFromLengths(lengths);
+  const rows = new Int32Array(segments.offsets[lengths.length]); // kept rows of the input
+  const queryIds = new Int32Array(rows.length);
+  for (let s = 0; s < lengths.length; s++) {
+    for (let j = 0; j < lengths[s]; j++) {
+      const at = segments.offsets[s] + j;
+      rows[at] = offsets[s] + j;
+      queryIds[at] = ids[offsets[s] + j];
+    }
+  }
+  const normed = applyNorm(backend, stream.x, block.norm1); // [rows, dim]
+  const qkv = backend.linear(normed, block.qkv); // [rows, 3·width]: keys and values of all rows
+  backend.release(normed);
+  let output: Tensor; // [kept, width]
+  try {
+    const queries = backend.gatherRows(qkv, rows); // [kept, 3·width]
+    try {
+      output = backend.attention(queries, qkv, qkv, {
+        heads,
+        headDim,
+        scale: headDim ** -0.5,
+        qOffset: 0,
+        kOffset: width,
+        vOffset: 2 * width,
+        querySegments: queryIds,
+        keySegments: ids,
+      }).output;
+    } finally {
+      backend.release(queries);
+    }
+  } finally {
+    backend.release(qkv);
+  }
+  const residual = backend.gatherRows(stream.x, rows); // [kept, dim]
+  backend.release(stream.x);
+  if (block.proj) output = swap(backend, output, backend.linear(output, block.proj));
+  const x = backend.add(residual, output);
+  backend.release(output);
+  backend.release(residual);
+  return { x: mlpBlock(backend, x, block), segments };
+}
+
+/** Whether `hooks` may look at or change a layer (then every row of it must be computed). */
+function hooksActOnLayers(hooks: EncoderHooks | undefined): boolean {
+  return hooks !== undefined &&
+    (hooks.afterAttention !== undefined || hooks.afterBlock !== undefined ||
+      hooks.wantsClsAttention !== undefined);
+}
+
+/**
  * Runs blocks in order. Consumes `stream.x`.
  *
+ * @param outputRows when set, the caller reads only the first `outputRows` rows of each
+ *   segment of the result (CLS pooling: 1, or 2 with a distilled head); unless a hook acts
+ *   on the layers, the last block then computes only those rows
+ *   ({@link prefixEncoderBlock}) and the result holds only them. Same values per row.
  * @returns the final stream and, per layer, the token count of every image entering it
  */
 export async function runEncoder(
@@ -663,13 +752,19 @@ export async function runEncoder(
   blocks: readonly PreparedBlock[],
   shape: AttentionShape,
   hooks?: EncoderHooks,
+  outputRows?: number,
 ): Promise<{ stream: TokenStream; tokensPerLayer: number[][] }> {
   const tokensPerLayer: number[][] = [];
+  const prefixLast = outputRows !== undefined && outputRows > 0 && !hooksActOnLayers(hooks);
   let current = stream;
   for (let layer = 0; layer < blocks.length; layer++) {
     tokensPerLayer.push(segmentLengths(current.segments));
     try {
-      current = await encoderBlock(backend, current, blocks[layer], shape, layer, hooks);
+      if (prefixLast && layer === blocks.length - 1) {
+        current = prefixEncoderBlock(backend, current, blocks[layer], shape, outputRows);
+      } else {
+        current = await encoderBlock(backend, current, blocks[layer], shape, layer, hooks);
+      }
     } catch (error) {
       // the failing block may already have released x; a second release must not mask it
       try {
@@ -769,6 +864,13 @@ export interface VitModelOptions {
   hooks?: (options: ForwardOptions | undefined) => EncoderHooks | undefined;
   /** Name for error messages. */
   source?: string;
+  /**
+   * Compute every row of the last block even when only some are read (default false).
+   * With CLS pooling and no hooks, the last block otherwise runs only for the rows the
+   * head reads ({@link prefixEncoderBlock}): the same logits up to float rounding. For
+   * tests and benches that compare both paths.
+   */
+  fullLastBlock?: boolean;
 }
 
 /**
@@ -806,6 +908,7 @@ export class VitModel implements VisionArchitecture {
   readonly #blocks: PreparedBlock[];
   readonly #head: PreparedHead;
   readonly #hooks: VitModelOptions["hooks"];
+  readonly #fullLastBlock: boolean;
   #disposed = false;
 
   private constructor(
@@ -822,6 +925,7 @@ export class VitModel implements VisionArchitecture {
     this.patchSize = config.patchHeight;
     this.precision = options.precision ?? "f32";
     this.#hooks = options.hooks;
+    this.#fullLastBlock = options.fullLastBlock ?? false;
     const eps = config.layerNormEps;
     const precision = this.precision;
     this.#embedding = preparePatchEmbedding(backend, weights.patchEmbedding, eps, precision);
@@ -898,7 +1002,10 @@ export class VitModel implements VisionArchitecture {
         segments: stream.segments,
       };
     }
-    const encoded = await runEncoder(backend, stream, this.#blocks, config, hooks);
+    // CLS pooling reads one row per head of each image: the last block computes only those.
+    const head = this.#head;
+    const readRows = head.pool === "cls" && !this.#fullLastBlock ? head.heads.length : undefined;
+    const encoded = await runEncoder(backend, stream, this.#blocks, config, hooks, readRows);
     let logitsTensor: Tensor;
     try {
       logitsTensor = poolTokens(backend, encoded.stream, this.#head);
