@@ -714,6 +714,7 @@ export function prefixEncoderBlock(
         vOffset: 2 * width,
         querySegments: queryIds,
         keySegments: ids,
+        precision: block.qkv.precision,
       }).output;
     } finally {
       backend.release(queries);

@@ -8,7 +8,13 @@
  */
 
 import assert from "node:assert/strict";
-import type { Backend, LinearSource, Precision } from "../../src/backends/backend.ts";
+import type {
+  AttentionOptions,
+  Backend,
+  LinearSource,
+  Precision,
+  Tensor,
+} from "../../src/backends/backend.ts";
 import { quantizePerChannel } from "../../src/backends/reference/reference_backend.ts";
 import { describeCheckpoint, parseConfigJson } from "../../src/loaders/config.ts";
 import { quantizeCheckpoint, type QuantizedCheckpoint } from "../../src/loaders/quantize_cli.ts";
@@ -310,3 +316,68 @@ if (hasWasm) {
     );
   });
 }
+
+Deno.test("int8 ViTs with head dim 64 run the int8 attention and keep cosine ≥ 0.999", async () => {
+  const { WasmBackend } = await import("../../src/backends/wasm/wasm_backend.ts");
+  // The parity fixtures' heads are 16 wide (float32 attention); DeiT and ViT-B heads are 64.
+  const config: VitConfig = standardVitConfig({
+    imageSize: 64,
+    patchSize: 8,
+    dim: 128,
+    depth: 3,
+    heads: 2,
+    mlpDim: 256,
+    numClasses: 10,
+  });
+  const weights = randomVitWeights(config, 11);
+  const random = seededRandom(12);
+  const images = 3;
+  const pixels = Float32Array.from({ length: images * 3 * 64 * 64 }, () => random() * 2 - 1);
+  const shape = [images, 3, 64, 64] as const;
+  const backend = await WasmBackend.create();
+  const run = async (precision: Precision, attention: Precision) => {
+    const attend = backend.attention.bind(backend);
+    const seen: (Precision | undefined)[] = [];
+    // A proxy that records each attention's precision (and can force float32).
+    const spy = new Proxy(backend, {
+      get(target, prop) {
+        if (prop === "attention") {
+          return (q: Tensor, k: Tensor, v: Tensor, options: AttentionOptions) => {
+            seen.push(options.precision);
+            return attend(q, k, v, {
+              ...options,
+              precision: attention === "f32" ? "f32" : options.precision,
+            });
+          };
+        }
+        const value = Reflect.get(target, prop);
+        return typeof value === "function" ? value.bind(target) : value;
+      },
+    });
+    const model = VitModel.create(spy, config, weights, { precision });
+    try {
+      return { logits: (await model.forward(pixels, shape)).logits, seen };
+    } finally {
+      model.dispose();
+    }
+  };
+  const float = await run("f32", "f32");
+  const int8 = await run("int8", "int8");
+  const int8FloatAttention = await run("int8", "f32");
+  assert.deepEqual(int8.seen, ["int8", "int8", "int8"], "every int8 block asks for int8 attention");
+  assert.deepEqual(float.seen, ["f32", "f32", "f32"]);
+  assert.notDeepEqual(int8.logits, int8FloatAttention.logits, "the int8 attention kernel ran");
+  for (
+    const [name, logits] of [["int8", int8.logits], [
+      "int8, f32 attention",
+      int8FloatAttention.logits,
+    ]] as const
+  ) {
+    for (let image = 0; image < images; image++) {
+      const rows = (x: Float32Array) => x.subarray(image * 10, image * 10 + 10);
+      const similarity = cosine(rows(logits), rows(float.logits));
+      assert.ok(similarity >= COSINE_TARGET, `${name}, image ${image}: cosine ${similarity}`);
+    }
+  }
+  backend.dispose();
+});
