@@ -8,6 +8,11 @@
  * fixture, the cosine of int8 (weights only) and of int8 plus int8 attention against
  * float32 logits.
  *
+ * The kernel now exists (kernels/src/attention_int8.rs, bit-exact TypeScript model
+ * `attentionInt8Reference`); this emulation stays as the float64 study that chose its
+ * quantization. The fixtures' heads are 16 wide, where the wasm backend keeps float32
+ * attention (`INT8_ATTENTION_MIN_HEAD_DIM`).
+ *
  *     deno run --allow-read --allow-env bench/int8_attention_accuracy.ts
  *
  * @module
