@@ -33,13 +33,14 @@ pub extern "C" fn attention_scratch_len_f32(keys: usize, head_dim: usize) -> usi
     keys8 * head_dim + keys8 * d8 + head_dim * BQ + BQ * BK + BQ * d8
 }
 
+/// Segment id of row `i`, or 0 when there are no ids.
 #[inline(always)]
-unsafe fn seg(ids: *const i32, i: usize) -> i32 {
+pub(crate) unsafe fn seg(ids: *const i32, i: usize) -> i32 {
     unsafe { if ids.is_null() { 0 } else { *ids.add(i) } }
 }
 
 /// First index in `[0, n)` whose id is `>= s` (or `> s` when `after`).
-unsafe fn bound(ids: *const i32, n: usize, s: i32, after: bool) -> usize {
+pub(crate) unsafe fn bound(ids: *const i32, n: usize, s: i32, after: bool) -> usize {
     unsafe {
         let (mut lo, mut hi) = (0usize, n);
         while lo < hi {

@@ -28,6 +28,7 @@
 //! NaN or ±inf in a segment's k or v makes its outputs NaN, and in a q row that row's, as
 //! they would be in float32.
 
+use crate::attention::{bound, seg};
 use crate::int8::{Act, quantize_rows};
 use crate::math::exp_nonpos_reproducible_n;
 use crate::simd::*;
@@ -106,28 +107,6 @@ pub extern "C" fn attention_scratch_len_int8(
     head_dim: usize,
 ) -> usize {
     Layout::new(queries, keys, head_dim).total
-}
-
-#[inline(always)]
-unsafe fn seg(ids: *const i32, i: usize) -> i32 {
-    unsafe { if ids.is_null() { 0 } else { *ids.add(i) } }
-}
-
-/// First index in `[0, n)` whose id is `>= s` (or `> s` when `after`).
-unsafe fn bound(ids: *const i32, n: usize, s: i32, after: bool) -> usize {
-    unsafe {
-        let (mut lo, mut hi) = (0usize, n);
-        while lo < hi {
-            let mid = (lo + hi) / 2;
-            let id = seg(ids, mid);
-            if id < s || (after && id == s) {
-                lo = mid + 1;
-            } else {
-                hi = mid;
-            }
-        }
-        lo
-    }
 }
 
 /// `x·inv` rounded to the nearest integer (ties to even) and clamped to ±127, as i32 lanes.
