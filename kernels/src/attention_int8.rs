@@ -123,20 +123,6 @@ fn narrow_i8(a: v128, b: v128, c: v128, d: v128) -> v128 {
     i8x16_narrow_i16x8(i16x8_narrow_i32x4(a, b), i16x8_narrow_i32x4(c, d))
 }
 
-/// Floats `c…c+4` of a `d`-wide row, zero past `d`.
-#[inline(always)]
-unsafe fn load_row4(row: *const f32, c: usize, d: usize) -> v128 {
-    unsafe {
-        if c + 4 <= d {
-            load(row.add(c))
-        } else if c < d {
-            load_partial(row.add(c), d - c)
-        } else {
-            f32x4_splat(0.0)
-        }
-    }
-}
-
 /// `max/127`, or 1 for an all-zero set.
 #[inline(always)]
 fn symmetric_scale(max: f32) -> f32 {
@@ -177,7 +163,7 @@ unsafe fn pack_keys(
             let mut max = f32x4_splat(0.0);
             let mut c = 0;
             while c < d {
-                let x = load_row4(row, c, d);
+                let x = load_padded(row, c, d);
                 max = f32x4_pmax(max, f32x4_abs(x));
                 bad = f32x4_add(bad, f32x4_sub(x, x));
                 c += 4;
@@ -202,7 +188,7 @@ unsafe fn pack_keys(
                 // Rows past n have inv 0, hence q 0.
                 let mut q = [zero; 4];
                 for r in 0..4 {
-                    q[r] = quantize_i8(load_row4(rows[r], 4 * step, d), inv[r]);
+                    q[r] = quantize_i8(load_padded(rows[r], 4 * step, d), inv[r]);
                     sum[r] = i32x4_add(sum[r], q[r]);
                 }
                 v128_store(
@@ -244,7 +230,7 @@ unsafe fn pack_values_transposed(
             let row = v.add(j * stride);
             let mut c = 0;
             while c < d {
-                let x = load_row4(row, c, d);
+                let x = load_padded(row, c, d);
                 bad = f32x4_add(bad, f32x4_sub(x, x));
                 store(scales.add(c), f32x4_pmax(load(scales.add(c)), f32x4_abs(x)));
                 c += 4;
@@ -271,7 +257,7 @@ unsafe fn pack_values_transposed(
                 let mut q = [zero; 4];
                 for r in 0..4 {
                     if live[r] {
-                        q[r] = quantize_i8(load_row4(rows[r], 4 * group, d), inv);
+                        q[r] = quantize_i8(load_padded(rows[r], 4 * group, d), inv);
                     }
                 }
                 // [4 keys][4 dims] → [4 dims][4 keys]: one byte shuffle.

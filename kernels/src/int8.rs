@@ -170,13 +170,7 @@ pub(crate) unsafe fn quantize_rows<const WIDE: bool>(
                 let mut lanes = [i32x4_splat(0); 4];
                 for part in 0..4 {
                     let at = c + 4 * part;
-                    let v = if at + 4 <= k {
-                        load(row.add(at))
-                    } else if at < k {
-                        load_partial(row.add(at), k - at)
-                    } else {
-                        f32x4_splat(0.0)
-                    };
+                    let v = load_padded(row, at, k);
                     let q = f32x4_add(f32x4_nearest(f32x4_mul(v, inv_v)), zero_v);
                     let q = f32x4_pmin(f32x4_pmax(q, bottom), top);
                     lanes[part] = i32x4_trunc_sat_f32x4(q);

@@ -57,6 +57,20 @@ pub unsafe fn load_partial(p: *const f32, n: usize) -> v128 {
     }
 }
 
+/// Floats `at…at+4` of a row of `len`, zero past its end (rows padded to whole vectors).
+#[inline(always)]
+pub unsafe fn load_padded(row: *const f32, at: usize, len: usize) -> v128 {
+    unsafe {
+        if at + 4 <= len {
+            load(row.add(at))
+        } else if at < len {
+            load_partial(row.add(at), len - at)
+        } else {
+            f32x4_splat(0.0)
+        }
+    }
+}
+
 #[inline(always)]
 pub unsafe fn store_partial(p: *mut f32, v: v128, n: usize) {
     unsafe {

@@ -9,6 +9,7 @@ import { ShapeError } from "../../src/backends/backend.ts";
 import { ReferenceBackend } from "../../src/backends/reference/reference_backend.ts";
 import { INT8_ATTENTION_MIN_HEAD_DIM, WasmBackend } from "../../src/backends/wasm/wasm_backend.ts";
 import { EdgeVitError } from "../../src/errors.ts";
+import { segmentsFromLengths } from "../../src/models/vit.ts";
 import {
   attentionInt8Reference,
   gemmInt8Reference,
@@ -346,14 +347,6 @@ Deno.test("bad inputs are refused with clear errors, never a trap", async () => 
   );
 });
 
-/** Segment ids for consecutive segments of the given lengths. */
-function segmentIds(lengths: number[]): Int32Array {
-  const ids = new Int32Array(lengths.reduce((a, b) => a + b, 0));
-  let row = 0;
-  lengths.forEach((length, id) => ids.fill(id, row, row += length));
-  return ids;
-}
-
 /** Columns `offset … offset + width` of a `[rows, cols]` matrix. */
 function columns(x: Float32Array, rows: number, cols: number, offset: number, width: number) {
   const out = new Float32Array(rows * width);
@@ -377,8 +370,8 @@ Deno.test("the int8 attention is bit-exact with the TypeScript reference in both
   for (const flavour of ["relaxed", "plain"] as const) {
     const backend = await WasmBackend.create({ flavour });
     for (const [queryLengths, keyLengths, heads, headDim] of cases) {
-      const querySegments = segmentIds(queryLengths);
-      const keySegments = segmentIds(keyLengths);
+      const querySegments = segmentsFromLengths(queryLengths).ids;
+      const keySegments = segmentsFromLengths(keyLengths).ids;
       const queries = querySegments.length;
       const keys = keySegments.length;
       const width = heads * headDim;
@@ -417,10 +410,11 @@ Deno.test("the int8 attention is bit-exact with the TypeScript reference in both
       assert.deepEqual(await backend.read(result.output), want.output, `${label} output`);
       assert.deepEqual(await backend.read(result.clsAttention!), want.clsAttention, `${label} cls`);
       // Close to float32 attention: probabilities and q at 7 bits, k and v at 8.
-      const float = new ReferenceBackend().attention(
-        new ReferenceBackend().upload(q, [queries, width]),
-        new ReferenceBackend().upload(k, [keys, width]),
-        new ReferenceBackend().upload(v, [keys, width]),
+      const reference = new ReferenceBackend();
+      const float = reference.attention(
+        reference.upload(q, [queries, width]),
+        reference.upload(k, [keys, width]),
+        reference.upload(v, [keys, width]),
         { heads, headDim, scale: headDim ** -0.5, querySegments, keySegments },
       );
       const exact = (float.output as unknown as { data: Float32Array }).data;
@@ -438,7 +432,7 @@ Deno.test("the int8 attention is bit-exact with the TypeScript reference in both
 Deno.test("int8 attention: NaN in k or v poisons its segment, in q only its row", async () => {
   const backend = await WasmBackend.create({ flavour: "relaxed" });
   const [tokens, heads, headDim] = [10, 1, 48];
-  const segments = segmentIds([5, 5]);
+  const segments = segmentsFromLengths([5, 5]).ids;
   for (const [tensorName, row] of [["q", 2], ["k", 3], ["v", 7]] as const) {
     const data = {
       q: values(tokens * headDim, 1),
