@@ -29,7 +29,7 @@
 //! they would be in float32.
 
 use crate::attention::{bound, seg};
-use crate::int8::{Act, quantize_rows};
+use crate::int8::{Act, ROUNDER, quantize_rows};
 use crate::math::exp_nonpos_reproducible_n;
 use crate::simd::*;
 
@@ -357,9 +357,10 @@ unsafe fn micro(a: [*const Act; MR], b: [*const i8; NC], steps: usize) -> [[v128
 }
 
 /// Softmax of one score row of `n` logits (`n16` slots), quantized to 7 bits into `probs`
-/// (`n16` slots, zero past `n`). Returns `Σ p_q`; the `e` stay in `scores`.
+/// (`n16` slots, zero past `n`). Returns `Σ p_q`; with `keep_e` the `e` stay in `scores`
+/// (the CLS rows' probabilities need them).
 #[inline(always)]
-unsafe fn quantize_softmax_row(scores: *mut f32, n: usize, probs: *mut Act) -> i32 {
+unsafe fn quantize_softmax_row(scores: *mut f32, n: usize, probs: *mut Act, keep_e: bool) -> i32 {
     unsafe {
         let n16 = n.div_ceil(16) * 16;
         // Padding keys get e ≈ 0 and p_q = 0.
@@ -379,6 +380,7 @@ unsafe fn quantize_softmax_row(scores: *mut f32, n: usize, probs: *mut Act) -> i
         }
         let shift = f32x4_splat(hmax(f32x4_pmax(m0, m1)));
         let levels = f32x4_splat(127.0);
+        let rounder = f32x4_splat(ROUNDER);
         let mut q_sum = i32x4_splat(0);
         let mut j = 0;
         while j < n16 {
@@ -391,8 +393,12 @@ unsafe fn quantize_softmax_row(scores: *mut f32, n: usize, probs: *mut Act) -> i
             ]);
             let mut q = [i32x4_splat(0); 4];
             for part in 0..4 {
-                store(at.add(4 * part), e[part]);
-                q[part] = i32x4_trunc_sat_f32x4(f32x4_nearest(f32x4_mul(e[part], levels)));
+                if keep_e {
+                    store(at.add(4 * part), e[part]);
+                }
+                // nearest(127·e) for 127·e in 0…127 (see ROUNDER).
+                let rounded = f32x4_add(f32x4_mul(e[part], levels), rounder);
+                q[part] = i32x4_sub(rounded, rounder);
             }
             q_sum = i32x4_add(
                 q_sum,
@@ -574,7 +580,8 @@ pub unsafe extern "C" fn attention_int8(
                     let mut inv_sum = [f32x4_splat(0.0); MR];
                     for r in 0..rows {
                         let row_scores = scores.add(r * n16);
-                        let total = quantize_softmax_row(row_scores, n, probs.add(r * n16));
+                        let keep_e = !cls.is_null() && i + r == qa;
+                        let total = quantize_softmax_row(row_scores, n, probs.add(r * n16), keep_e);
                         // A NaN q row has a NaN scale: its output is NaN.
                         let nan_row = *q_scales.add(i + r) != *q_scales.add(i + r);
                         inv_sum[r] = f32x4_splat(if nan_row {

@@ -72,6 +72,12 @@ pub unsafe extern "C" fn gemm_pack_int8(
     }
 }
 
+/// `1.5·2²³`: for `|x| ≤ 2²²`, `f32(x + ROUNDER)` is `ROUNDER + nearest(x)` (ties to
+/// even, as `f32x4.nearest`), an integer in the low mantissa bits, so the bits of the sum
+/// minus the bits of `ROUNDER` are `nearest(x)` without a float-to-int conversion (which
+/// V8 lowers to ~8 instructions on x64 for its NaN and overflow rules).
+pub(crate) const ROUNDER: f32 = 12_582_912.0;
+
 /// Quantizes each of `m` rows of `k` floats to unsigned 7-bit: `out` is `[m][k16]` bytes
 /// (tail zero), `scales[i]` and `zeros[i]` give `x ≈ scales[i]·(q - zeros[i])`.
 ///
@@ -111,6 +117,25 @@ pub(crate) unsafe fn quantize_rows<const WIDE: bool>(
             // x - x is 0 for finite x and NaN for NaN and ±inf.
             let mut bad_v = f32x4_splat(0.0);
             let mut c = 0;
+            // Four vectors per step, folded as a tree: one link per step in each chain.
+            while c + 16 <= k {
+                let v = [
+                    load(row.add(c)),
+                    load(row.add(c + 4)),
+                    load(row.add(c + 8)),
+                    load(row.add(c + 12)),
+                ];
+                let lo4 = f32x4_pmin(f32x4_pmin(v[0], v[1]), f32x4_pmin(v[2], v[3]));
+                let hi4 = f32x4_pmax(f32x4_pmax(v[0], v[1]), f32x4_pmax(v[2], v[3]));
+                let bad4 = f32x4_add(
+                    f32x4_add(f32x4_sub(v[0], v[0]), f32x4_sub(v[1], v[1])),
+                    f32x4_add(f32x4_sub(v[2], v[2]), f32x4_sub(v[3], v[3])),
+                );
+                lo_v = f32x4_pmin(lo_v, lo4);
+                hi_v = f32x4_pmax(hi_v, hi4);
+                bad_v = f32x4_add(bad_v, bad4);
+                c += 16;
+            }
             while c + 4 <= k {
                 let v = load(row.add(c));
                 lo_v = f32x4_pmin(lo_v, v);
@@ -160,20 +185,26 @@ pub(crate) unsafe fn quantize_rows<const WIDE: bool>(
             *scales.add(i) = scale;
             *zeros.add(i) = zero as i32;
             let inv_v = f32x4_splat(inv);
-            let zero_v = f32x4_splat(zero);
-            let top = f32x4_splat(127.0);
-            let bottom = f32x4_splat(0.0);
+            let rounder = f32x4_splat(ROUNDER);
+            // Takes the rounder's bits off and adds the zero point in one integer add.
+            let offset = i32x4_splat(zero as i32 - ROUNDER.to_bits() as i32);
+            let top = i32x4_splat(127);
+            let bottom = i32x4_splat(0);
             let dst = out.add(i * k16);
             let mut c = 0;
             while c < k16 {
-                // 16 values → 16 bytes: 4 vectors, converted, narrowed twice.
+                // 16 values → 16 bytes: 4 vectors, rounded, narrowed twice. Whole chunks
+                // load directly; only the last may run past the row.
                 let mut lanes = [i32x4_splat(0); 4];
                 for part in 0..4 {
                     let at = c + 4 * part;
-                    let v = load_padded(row, at, k);
-                    let q = f32x4_add(f32x4_nearest(f32x4_mul(v, inv_v)), zero_v);
-                    let q = f32x4_pmin(f32x4_pmax(q, bottom), top);
-                    lanes[part] = i32x4_trunc_sat_f32x4(q);
+                    let v = if c + 16 <= k {
+                        load(row.add(at))
+                    } else {
+                        load_padded(row, at, k)
+                    };
+                    let q = i32x4_add(f32x4_add(f32x4_mul(v, inv_v), rounder), offset);
+                    lanes[part] = i32x4_min(i32x4_max(q, bottom), top);
                 }
                 let lo16 = i16x8_narrow_i32x4(lanes[0], lanes[1]);
                 let hi16 = i16x8_narrow_i32x4(lanes[2], lanes[3]);
