@@ -109,12 +109,13 @@ pub extern "C" fn attention_scratch_len_int8(
     Layout::new(queries, keys, head_dim).total
 }
 
-/// `x·inv` rounded to the nearest integer (ties to even) and clamped to ±127, as i32 lanes.
+/// `x·inv` rounded to the nearest integer (ties to even) and clamped to ±127, as i32 lanes
+/// (`|x·inv| ≤ 127` up to rounding here, so [`ROUNDER`] applies).
 #[inline(always)]
 fn quantize_i8(x: v128, inv: v128) -> v128 {
-    let q = f32x4_nearest(f32x4_mul(x, inv));
-    let q = f32x4_pmin(f32x4_pmax(q, f32x4_splat(-127.0)), f32x4_splat(127.0));
-    i32x4_trunc_sat_f32x4(q)
+    let rounder = f32x4_splat(ROUNDER);
+    let q = i32x4_sub(f32x4_add(f32x4_mul(x, inv), rounder), rounder);
+    i32x4_min(i32x4_max(q, i32x4_splat(-127)), i32x4_splat(127))
 }
 
 /// Four i32x4 of values in ±127 as 16 bytes, `a`'s lanes first.
