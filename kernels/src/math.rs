@@ -65,85 +65,79 @@ pub fn exp_nonpos_v(x: v128) -> v128 {
 /// it is used) and the `N` dependency chains overlap.
 #[inline(always)]
 pub fn exp_nonpos_n<const N: usize>(x: [v128; N]) -> [v128; N] {
-    const SHIFTER: f32 = 12_582_912.0; // 1.5·2²³
-    let lo = f32x4_splat(-87.336_55);
-    let mut xc = x;
-    for i in 0..N {
-        xc[i] = f32x4_pmax(x[i], lo);
-    }
-    let log2e = f32x4_splat(LOG2E);
-    let shifter = f32x4_splat(SHIFTER);
-    let mut t = xc;
-    let mut n = xc;
-    for i in 0..N {
-        t[i] = madd(xc[i], log2e, shifter);
-        n[i] = f32x4_sub(t[i], shifter);
-    }
-    let ln2_hi = f32x4_splat(-LN2_HI);
-    let ln2_lo = f32x4_splat(-LN2_LO);
-    let mut r = xc;
-    for i in 0..N {
-        r[i] = madd(n[i], ln2_hi, xc[i]);
-        r[i] = madd(n[i], ln2_lo, r[i]);
-    }
-    let mut p = [f32x4_splat(EXP_P[4]); N];
-    let mut k = 4;
-    while k > 0 {
-        k -= 1;
-        let c = f32x4_splat(EXP_P[k]);
-        for i in 0..N {
-            p[i] = madd(p[i], r[i], c);
+    exp_nonpos_n_with(&ExpConstants::literal(), x)
+}
+
+/// The exp's 12 constants, as literals or (inside [`GeluConstants`]) as opaque values.
+pub struct ExpConstants {
+    lo: v128,
+    log2e: v128,
+    shifter: v128,
+    ln2: [v128; 2],
+    p: [v128; 5],
+    one: v128,
+    bias: v128,
+}
+
+impl ExpConstants {
+    #[inline(always)]
+    pub fn literal() -> ExpConstants {
+        ExpConstants {
+            lo: f32x4_splat(-87.336_55),
+            log2e: f32x4_splat(LOG2E),
+            shifter: f32x4_splat(12_582_912.0), // 1.5·2²³
+            ln2: [f32x4_splat(-LN2_HI), f32x4_splat(-LN2_LO)],
+            p: EXP_P.map(|c| f32x4_splat(c)),
+            one: f32x4_splat(1.0),
+            bias: i32x4_splat(127 << 23),
         }
     }
-    let one = f32x4_splat(1.0);
-    let bias = i32x4_splat(127 << 23);
+}
+
+/// [`exp_nonpos_n`] with its constants from `k`.
+#[inline(always)]
+pub fn exp_nonpos_n_with<const N: usize>(k: &ExpConstants, x: [v128; N]) -> [v128; N] {
+    let mut xc = x;
+    for i in 0..N {
+        xc[i] = f32x4_pmax(x[i], k.lo);
+    }
+    let e = exp_core_n(k, xc);
     let mut y = x;
     for i in 0..N {
-        let q = madd(f32x4_mul(p[i], r[i]), r[i], f32x4_add(r[i], one));
-        // n ∈ [-126, 0]: (n + 127) << 23 is 2ⁿ, a normal float.
-        let scale = i32x4_add(i32x4_shl(t[i], 23), bias);
-        let v = v128_andnot(f32x4_mul(q, scale), f32x4_lt(x[i], lo));
+        let v = v128_andnot(e[i], f32x4_lt(x[i], k.lo));
         y[i] = v128_bitselect(x[i], v, f32x4_ne(x[i], x[i]));
     }
     y
 }
 
-/// e^x for x in [-87, 0] with no special values (no clamp, underflow or NaN handling):
-/// the [`exp_nonpos_n`] core, for GELU's e^{−z²} with z ≤ 4 (a NaN input gives some
-/// value, and GELU's result is NaN through x anyway).
+/// e^x for x in [-87.3, 0] with no special values: n = round(x·log2 e) from adding
+/// 1.5·2²³, r = x − n·ln 2 in two parts, e^r by the polynomial, and 2ⁿ by shifting
+/// n + 127 (n ∈ [-126, 0], a normal float) into the exponent field.
 #[inline(always)]
-pub fn exp_range_n<const N: usize>(x: [v128; N]) -> [v128; N] {
-    const SHIFTER: f32 = 12_582_912.0; // 1.5·2²³
-    let log2e = f32x4_splat(LOG2E);
-    let shifter = f32x4_splat(SHIFTER);
+fn exp_core_n<const N: usize>(k: &ExpConstants, x: [v128; N]) -> [v128; N] {
     let mut t = x;
     let mut n = x;
     for i in 0..N {
-        t[i] = madd(x[i], log2e, shifter);
-        n[i] = f32x4_sub(t[i], shifter);
+        t[i] = madd(x[i], k.log2e, k.shifter);
+        n[i] = f32x4_sub(t[i], k.shifter);
     }
-    let ln2_hi = f32x4_splat(-LN2_HI);
-    let ln2_lo = f32x4_splat(-LN2_LO);
     let mut r = x;
     for i in 0..N {
-        r[i] = madd(n[i], ln2_hi, x[i]);
-        r[i] = madd(n[i], ln2_lo, r[i]);
+        r[i] = madd(n[i], k.ln2[0], x[i]);
+        r[i] = madd(n[i], k.ln2[1], r[i]);
     }
-    let mut p = [f32x4_splat(EXP_P[4]); N];
-    let mut k = 4;
-    while k > 0 {
-        k -= 1;
-        let c = f32x4_splat(EXP_P[k]);
+    let mut p = [k.p[4]; N];
+    let mut c = 4;
+    while c > 0 {
+        c -= 1;
         for i in 0..N {
-            p[i] = madd(p[i], r[i], c);
+            p[i] = madd(p[i], r[i], k.p[c]);
         }
     }
-    let one = f32x4_splat(1.0);
-    let bias = i32x4_splat(127 << 23);
     let mut y = x;
     for i in 0..N {
-        let q = madd(f32x4_mul(p[i], r[i]), r[i], f32x4_add(r[i], one));
-        y[i] = f32x4_mul(q, i32x4_add(i32x4_shl(t[i], 23), bias));
+        let q = madd(f32x4_mul(p[i], r[i]), r[i], f32x4_add(r[i], k.one));
+        y[i] = f32x4_mul(q, i32x4_add(i32x4_shl(t[i], 23), k.bias));
     }
     y
 }
@@ -216,36 +210,76 @@ pub fn gelu_v(x: v128) -> v128 {
 /// absolute error of erf stays ~1e-7 and GELU multiplies it by |x|/2.
 #[inline(always)]
 pub fn gelu_n<const N: usize>(x: [v128; N]) -> [v128; N] {
-    let mut zc = x;
-    let rsqrt2 = f32x4_splat(core::f32::consts::FRAC_1_SQRT_2);
-    let four = f32x4_splat(4.0);
-    for i in 0..N {
-        zc[i] = f32x4_pmin(f32x4_abs(f32x4_mul(x[i], rsqrt2)), four);
+    gelu_n_with(&GeluConstants::literal(), x)
+}
+
+/// GELU's 22 constants. As literals, V8 rebuilds each splat with three instructions
+/// wherever it is used (and spills the copies): in the GELU epilogue that is about a
+/// third of the instructions. [`GeluConstants::opaque`] makes them values the engine
+/// cannot rebuild, so a loop that takes them once outside keeps them in registers or
+/// reloads each from its stack slot with one instruction.
+pub struct GeluConstants {
+    rsqrt2: v128,
+    four: v128,
+    half: v128,
+    sign: v128,
+    erfc_q: [v128; 7],
+    exp: ExpConstants,
+}
+
+impl GeluConstants {
+    #[inline(always)]
+    pub fn literal() -> GeluConstants {
+        GeluConstants {
+            rsqrt2: f32x4_splat(core::f32::consts::FRAC_1_SQRT_2),
+            four: f32x4_splat(4.0),
+            half: f32x4_splat(0.5),
+            sign: f32x4_splat(-0.0),
+            erfc_q: ERFC_Q.map(|c| f32x4_splat(c)),
+            exp: ExpConstants::literal(),
+        }
     }
-    let one = f32x4_splat(1.0);
-    let half = f32x4_splat(0.5);
+
+    /// The same values, hidden from constant folding and rematerialization.
+    #[inline(always)]
+    pub fn opaque() -> GeluConstants {
+        core::hint::black_box(GeluConstants::literal())
+    }
+}
+
+/// [`gelu_n`] with its constants from `k`.
+#[inline(always)]
+pub fn gelu_n_with<const N: usize>(k: &GeluConstants, x: [v128; N]) -> [v128; N] {
+    let mut zc = x;
+    for i in 0..N {
+        zc[i] = f32x4_pmin(f32x4_abs(f32x4_mul(x[i], k.rsqrt2)), k.four);
+    }
     let mut t = x;
     let mut arg = x;
     for i in 0..N {
-        t[i] = f32x4_div(one, madd(zc[i], half, one));
+        t[i] = f32x4_div(k.exp.one, madd(zc[i], k.half, k.exp.one));
         arg[i] = f32x4_neg(f32x4_mul(zc[i], zc[i]));
     }
-    let mut q = [f32x4_splat(ERFC_Q[6]); N];
-    let mut k = 6;
-    while k > 0 {
-        k -= 1;
-        let c = f32x4_splat(ERFC_Q[k]);
+    let mut q = [k.erfc_q[6]; N];
+    let mut c = 6;
+    while c > 0 {
+        c -= 1;
         for i in 0..N {
-            q[i] = madd(q[i], t[i], c);
+            q[i] = madd(q[i], t[i], k.erfc_q[c]);
         }
     }
-    let e = exp_range_n(arg);
-    let sign = f32x4_splat(-0.0);
+    // e^{-z²} for z ≤ 4 needs none of exp_nonpos_n's clamp, underflow and NaN handling
+    // (a NaN x gives some value here, and GELU's result is NaN through x anyway).
+    let e = exp_core_n(&k.exp, arg);
+    let one = k.exp.one;
     let mut y = x;
     for i in 0..N {
         // erf(|x|/√2) with the sign of x.
-        let erf = v128_or(f32x4_sub(one, f32x4_mul(e[i], q[i])), v128_and(x[i], sign));
-        y[i] = f32x4_mul(f32x4_mul(x[i], half), f32x4_add(one, erf));
+        let erf = v128_or(
+            f32x4_sub(one, f32x4_mul(e[i], q[i])),
+            v128_and(x[i], k.sign),
+        );
+        y[i] = f32x4_mul(f32x4_mul(x[i], k.half), f32x4_add(one, erf));
     }
     y
 }
@@ -280,12 +314,13 @@ pub unsafe fn gelu_strip(c: *mut f32, rows: usize, ld: usize, cols: usize) {
     unsafe {
         let mut r = 0;
         if cols == 4 {
+            let k = GeluConstants::opaque();
             while r + GELU_ROWS <= rows {
                 let mut x = [f32x4_splat(0.0); GELU_ROWS];
                 for (i, v) in x.iter_mut().enumerate() {
                     *v = load(c.add((r + i) * ld));
                 }
-                let y = gelu_n(x);
+                let y = gelu_n_with(&k, x);
                 for (i, v) in y.iter().enumerate() {
                     store(c.add((r + i) * ld), *v);
                 }
