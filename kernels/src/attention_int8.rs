@@ -30,7 +30,7 @@
 
 use crate::attention::{bound, seg};
 use crate::int8::{Act, ROUNDER, quantize_rows};
-use crate::math::exp_nonpos_reproducible_n;
+use crate::math::{ReproducibleExpConstants, exp_nonpos_reproducible_n};
 use crate::simd::*;
 
 /// Query rows per tile.
@@ -357,11 +357,25 @@ unsafe fn micro(a: [*const Act; MR], b: [*const i8; NC], steps: usize) -> [[v128
     }
 }
 
+/// The softmax's constants, taken once per call of the kernel as opaque values: V8 would
+/// rebuild every literal splat with three instructions at each use in the row loop.
+struct SoftmaxConstants {
+    exp: ReproducibleExpConstants,
+    levels: v128,
+    rounder: v128,
+}
+
 /// Softmax of one score row of `n` logits (`n16` slots), quantized to 7 bits into `probs`
 /// (`n16` slots, zero past `n`). Returns `Σ p_q`; with `keep_e` the `e` stay in `scores`
 /// (the CLS rows' probabilities need them).
 #[inline(always)]
-unsafe fn quantize_softmax_row(scores: *mut f32, n: usize, probs: *mut Act, keep_e: bool) -> i32 {
+unsafe fn quantize_softmax_row(
+    k: &SoftmaxConstants,
+    scores: *mut f32,
+    n: usize,
+    probs: *mut Act,
+    keep_e: bool,
+) -> i32 {
     unsafe {
         let n16 = n.div_ceil(16) * 16;
         // Padding keys get e ≈ 0 and p_q = 0.
@@ -380,26 +394,27 @@ unsafe fn quantize_softmax_row(scores: *mut f32, n: usize, probs: *mut Act, keep
             j += 16;
         }
         let shift = f32x4_splat(hmax(f32x4_pmax(m0, m1)));
-        let levels = f32x4_splat(127.0);
-        let rounder = f32x4_splat(ROUNDER);
         let mut q_sum = i32x4_splat(0);
         let mut j = 0;
         while j < n16 {
             let at = scores.add(j);
-            let e = exp_nonpos_reproducible_n([
-                f32x4_sub(load(at), shift),
-                f32x4_sub(load(at.add(4)), shift),
-                f32x4_sub(load(at.add(8)), shift),
-                f32x4_sub(load(at.add(12)), shift),
-            ]);
+            let e = exp_nonpos_reproducible_n(
+                &k.exp,
+                [
+                    f32x4_sub(load(at), shift),
+                    f32x4_sub(load(at.add(4)), shift),
+                    f32x4_sub(load(at.add(8)), shift),
+                    f32x4_sub(load(at.add(12)), shift),
+                ],
+            );
             let mut q = [i32x4_splat(0); 4];
             for part in 0..4 {
                 if keep_e {
                     store(at.add(4 * part), e[part]);
                 }
                 // nearest(127·e) for 127·e in 0…127 (see ROUNDER).
-                let rounded = f32x4_add(f32x4_mul(e[part], levels), rounder);
-                q[part] = i32x4_sub(rounded, rounder);
+                let rounded = f32x4_add(f32x4_mul(e[part], k.levels), k.rounder);
+                q[part] = i32x4_sub(rounded, k.rounder);
             }
             q_sum = i32x4_add(
                 q_sum,
@@ -466,6 +481,11 @@ pub unsafe extern "C" fn attention_int8(
                 *cls.add(i) = 0.0;
             }
         }
+        let softmax_k = core::hint::black_box(SoftmaxConstants {
+            exp: ReproducibleExpConstants::literal(),
+            levels: f32x4_splat(127.0),
+            rounder: f32x4_splat(ROUNDER),
+        });
         for h in 0..heads {
             if core::mem::size_of::<Act>() == 2 {
                 quantize_rows::<true>(
@@ -582,7 +602,13 @@ pub unsafe extern "C" fn attention_int8(
                     for r in 0..rows {
                         let row_scores = scores.add(r * n16);
                         let keep_e = !cls.is_null() && i + r == qa;
-                        let total = quantize_softmax_row(row_scores, n, probs.add(r * n16), keep_e);
+                        let total = quantize_softmax_row(
+                            &softmax_k,
+                            row_scores,
+                            n,
+                            probs.add(r * n16),
+                            keep_e,
+                        );
                         // A NaN q row has a NaN scale: its output is NaN.
                         let nan_row = *q_scales.add(i + r) != *q_scales.add(i + r);
                         inv_sum[r] = f32x4_splat(if nan_row {

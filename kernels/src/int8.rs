@@ -110,6 +110,10 @@ pub(crate) unsafe fn quantize_rows<const WIDE: bool>(
 ) {
     unsafe {
         let k16 = k.div_ceil(16) * 16;
+        // Opaque to the engine, which would otherwise rebuild each splat (three
+        // instructions) at every use inside the loops.
+        let [rounder, top, bottom] =
+            core::hint::black_box([f32x4_splat(ROUNDER), i32x4_splat(127), i32x4_splat(0)]);
         for i in 0..m {
             let row = x.add(i * stride);
             let mut lo_v = f32x4_splat(0.0);
@@ -185,11 +189,8 @@ pub(crate) unsafe fn quantize_rows<const WIDE: bool>(
             *scales.add(i) = scale;
             *zeros.add(i) = zero as i32;
             let inv_v = f32x4_splat(inv);
-            let rounder = f32x4_splat(ROUNDER);
             // Takes the rounder's bits off and adds the zero point in one integer add.
             let offset = i32x4_splat(zero as i32 - ROUNDER.to_bits() as i32);
-            let top = i32x4_splat(127);
-            let bottom = i32x4_splat(0);
             let dst = out.add(i * k16);
             let mut c = 0;
             while c < k16 {

@@ -169,33 +169,49 @@ const EXP2_P: [f32; 4] = [
 /// 7 bits, where the last digits do not matter but agreeing on them makes the
 /// quantization reproducible.
 #[inline(always)]
-pub fn exp_nonpos_reproducible_n<const N: usize>(x: [v128; N]) -> [v128; N] {
-    const SHIFTER: f32 = 12_582_912.0; // 1.5·2²³
-    let lo = f32x4_splat(-87.0);
-    let log2e = f32x4_splat(LOG2E);
-    let shifter = f32x4_splat(SHIFTER);
-    let c = [
-        f32x4_splat(EXP2_P[0]),
-        f32x4_splat(EXP2_P[1]),
-        f32x4_splat(EXP2_P[2]),
-        f32x4_splat(EXP2_P[3]),
-    ];
-    let one = f32x4_splat(1.0);
-    let bias = i32x4_splat(127 << 23);
+pub fn exp_nonpos_reproducible_n<const N: usize>(
+    k: &ReproducibleExpConstants,
+    x: [v128; N],
+) -> [v128; N] {
     let mut out = x;
     for i in 0..N {
-        let y = f32x4_mul(f32x4_pmax(x[i], lo), log2e);
-        let t = f32x4_add(y, shifter);
-        let r = f32x4_sub(y, f32x4_sub(t, shifter));
-        let mut p = c[3];
-        p = f32x4_add(f32x4_mul(p, r), c[2]);
-        p = f32x4_add(f32x4_mul(p, r), c[1]);
-        p = f32x4_add(f32x4_mul(p, r), c[0]);
-        p = f32x4_add(f32x4_mul(p, r), one);
+        let y = f32x4_mul(f32x4_pmax(x[i], k.lo), k.log2e);
+        let t = f32x4_add(y, k.shifter);
+        let r = f32x4_sub(y, f32x4_sub(t, k.shifter));
+        let mut p = k.c[3];
+        p = f32x4_add(f32x4_mul(p, r), k.c[2]);
+        p = f32x4_add(f32x4_mul(p, r), k.c[1]);
+        p = f32x4_add(f32x4_mul(p, r), k.c[0]);
+        p = f32x4_add(f32x4_mul(p, r), k.one);
         // n = t - shifter ∈ [-126, 0] sits in t's low mantissa bits: (n + 127) << 23 is 2ⁿ.
-        out[i] = f32x4_mul(p, i32x4_add(i32x4_shl(t, 23), bias));
+        out[i] = f32x4_mul(p, i32x4_add(i32x4_shl(t, 23), k.bias));
     }
     out
+}
+
+/// The constants of [`exp_nonpos_reproducible_n`], for a caller to take once as opaque
+/// values (see [`GeluConstants`] for why).
+pub struct ReproducibleExpConstants {
+    lo: v128,
+    log2e: v128,
+    shifter: v128,
+    c: [v128; 4],
+    one: v128,
+    bias: v128,
+}
+
+impl ReproducibleExpConstants {
+    #[inline(always)]
+    pub fn literal() -> ReproducibleExpConstants {
+        ReproducibleExpConstants {
+            lo: f32x4_splat(-87.0),
+            log2e: f32x4_splat(LOG2E),
+            shifter: f32x4_splat(12_582_912.0), // 1.5·2²³
+            c: EXP2_P.map(|c| f32x4_splat(c)),
+            one: f32x4_splat(1.0),
+            bias: i32x4_splat(127 << 23),
+        }
+    }
 }
 
 /// GELU, erf form: x/2 · (1 + erf(x/√2)), evaluated as PyTorch does in float32.
