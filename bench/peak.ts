@@ -7,7 +7,8 @@
  * accumulator chains of one instruction (`f32x4.relaxed_madd`, `i32x4.relaxed_dot_i8x16_i7x16_add_s`,
  * or the plain-SIMD pairs the other build uses), with no memory traffic, so nothing but
  * issue width and latency limits them. A dependent chain of 1-cycle integer ops gives the
- * clock. The GEMMs are the backend's `linear` on DeiT-Tiny's shapes (197 tokens), float32
+ * clock. The same loops with 4 to 12 chains show the latency a GEMM tile's accumulators
+ * must cover. The GEMMs are the backend's `linear` on DeiT-Tiny's shapes (197 tokens), float32
  * and int8 (the int8 rate includes quantizing the activations and the float epilogue, as a
  * model pays them).
  *
@@ -179,6 +180,22 @@ for (const peak of peaks) {
   peakRate.set(peak, rate);
   const perCycle = (CHAINS * TRIPS * peak.instructions) / seconds / 1e9 / ghz;
   console.log(`| ${peak.name} | ${rate.toFixed(1)} | ${perCycle.toFixed(2)} |`);
+}
+
+// Latency: with fewer independent chains than (latency × issue rate) in flight, a loop
+// stalls on its own accumulators. A GEMM tile's accumulators are its chains, and V8 gives
+// it 15 xmm registers to hold them, the operands and the splats.
+const SWEEP = [4, 6, 8, 10, 12];
+console.log(`\nper cycle against the number of independent chains:\n`);
+console.log(`| instruction | ${SWEEP.join(" | ")} |`);
+console.log(`| --- | ${SWEEP.map(() => "---:").join(" | ")} |`);
+for (const peak of peaks.filter((peak) => peak.instructions === 1)) {
+  const cells = [];
+  for (const chains of SWEEP) {
+    const seconds = await bestSeconds(throughputModule(chains, peak.step), TRIPS);
+    cells.push(((chains * TRIPS) / seconds / 1e9 / ghz).toFixed(2));
+  }
+  console.log(`| ${peak.name} | ${cells.join(" | ")} |`);
 }
 
 const backend = await WasmBackend.create();

@@ -7,7 +7,9 @@
 //! reads one `v128` per A row and one per B column, with no broadcasts or shuffles.
 //! An `MR × NR = 2 × 4` tile holds 8 accumulators (+2 A, +1 B = 11 of the 15 xmm
 //! registers V8 allocates): 6 loads per 8 FMAs. A 3 × 4 tile (16 registers) reads less
-//! per FMA on paper but spills, and measured 40% slower. At the end the 4 partial sums
+//! per FMA on paper but spills, and measured 40% slower. Eight chains just cover the FMA's
+//! 4-cycle latency at 2 per cycle (~92% in `bench/peak.ts`'s sweep); a 3 × 3 tile with 9
+//! fits the registers but measured no faster. At the end the 4 partial sums
 //! of 4 columns are folded with a transpose-add into one vector.
 //!
 //! B is packed once (at model load) into panels of `NR` columns, each `[K/4][NR][4]`,
