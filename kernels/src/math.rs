@@ -1,8 +1,8 @@
 //! Vector exp, erf and GELU in float32. Coefficients are our own weighted least-squares
 //! (near-minimax) fits, computed in float64 and checked in float32 arithmetic:
-//! exp has relative error < 1e-7; erf (inside GELU) absolute error < 4e-7, largest near 0
-//! where GELU scales it by |x|/2; GELU (erf form) stays within 4.5e-7 of the exact value
-//! over [-12, 12], most of which is the float32 rounding of the result itself.
+//! exp has relative error < 1e-7; erf (inside GELU) absolute error < 2.3e-6, largest near 0
+//! (x ≈ 0.07, where 1 − p^-16 cancels) and scaled there by GELU's |x|/2; GELU (erf form)
+//! stays within 4.8e-7 of the exact value over [-12, 12], one float32 ulp of the result.
 
 use crate::simd::*;
 
@@ -51,7 +51,7 @@ pub fn exp_v(x: v128) -> v128 {
     v128_bitselect(x, y, f32x4_ne(x, x))
 }
 
-/// e^x per lane for x ≤ 0 (softmax shifts, attention rescales, erfc): 0 below -87.3,
+/// e^x per lane for x ≤ 0 (softmax shifts, attention rescales): 0 below -87.3,
 /// NaN for NaN. Cheaper than [`exp_v`]: n = round(x·log2 e) comes from adding
 /// 1.5·2²³ (its low mantissa bits are then n), and 2ⁿ is that integer shifted into the
 /// exponent field, so there is no float→int conversion and no overflow handling.
@@ -65,93 +65,61 @@ pub fn exp_nonpos_v(x: v128) -> v128 {
 /// it is used) and the `N` dependency chains overlap.
 #[inline(always)]
 pub fn exp_nonpos_n<const N: usize>(x: [v128; N]) -> [v128; N] {
-    exp_nonpos_n_with(&ExpConstants::literal(), x)
-}
-
-/// The exp's 12 constants, as literals or (inside [`GeluConstants`]) as opaque values.
-pub struct ExpConstants {
-    lo: v128,
-    log2e: v128,
-    shifter: v128,
-    ln2: [v128; 2],
-    p: [v128; 5],
-    one: v128,
-    bias: v128,
-}
-
-impl ExpConstants {
-    #[inline(always)]
-    pub fn literal() -> ExpConstants {
-        ExpConstants {
-            lo: f32x4_splat(-87.336_55),
-            log2e: f32x4_splat(LOG2E),
-            shifter: f32x4_splat(12_582_912.0), // 1.5·2²³
-            ln2: [f32x4_splat(-LN2_HI), f32x4_splat(-LN2_LO)],
-            p: EXP_P.map(|c| f32x4_splat(c)),
-            one: f32x4_splat(1.0),
-            bias: i32x4_splat(127 << 23),
-        }
-    }
-}
-
-/// [`exp_nonpos_n`] with its constants from `k`.
-#[inline(always)]
-pub fn exp_nonpos_n_with<const N: usize>(k: &ExpConstants, x: [v128; N]) -> [v128; N] {
+    const SHIFTER: f32 = 12_582_912.0; // 1.5·2²³
+    let lo = f32x4_splat(-87.336_55);
     let mut xc = x;
     for i in 0..N {
-        xc[i] = f32x4_pmax(x[i], k.lo);
+        xc[i] = f32x4_pmax(x[i], lo);
     }
-    let e = exp_core_n(k, xc);
+    let log2e = f32x4_splat(LOG2E);
+    let shifter = f32x4_splat(SHIFTER);
+    let mut t = xc;
+    let mut n = xc;
+    for i in 0..N {
+        t[i] = madd(xc[i], log2e, shifter);
+        n[i] = f32x4_sub(t[i], shifter);
+    }
+    let ln2_hi = f32x4_splat(-LN2_HI);
+    let ln2_lo = f32x4_splat(-LN2_LO);
+    let mut r = xc;
+    for i in 0..N {
+        r[i] = madd(n[i], ln2_hi, xc[i]);
+        r[i] = madd(n[i], ln2_lo, r[i]);
+    }
+    let mut p = [f32x4_splat(EXP_P[4]); N];
+    let mut k = 4;
+    while k > 0 {
+        k -= 1;
+        let c = f32x4_splat(EXP_P[k]);
+        for i in 0..N {
+            p[i] = madd(p[i], r[i], c);
+        }
+    }
+    let one = f32x4_splat(1.0);
+    let bias = i32x4_splat(127 << 23);
     let mut y = x;
     for i in 0..N {
-        let v = v128_andnot(e[i], f32x4_lt(x[i], k.lo));
+        let q = madd(f32x4_mul(p[i], r[i]), r[i], f32x4_add(r[i], one));
+        // n ∈ [-126, 0]: (n + 127) << 23 is 2ⁿ, a normal float.
+        let scale = i32x4_add(i32x4_shl(t[i], 23), bias);
+        let v = v128_andnot(f32x4_mul(q, scale), f32x4_lt(x[i], lo));
         y[i] = v128_bitselect(x[i], v, f32x4_ne(x[i], x[i]));
     }
     y
 }
 
-/// e^x for x in [-87.3, 0] with no special values: n = round(x·log2 e) from adding
-/// 1.5·2²³, r = x − n·ln 2 in two parts, e^r by the polynomial, and 2ⁿ by shifting
-/// n + 127 (n ∈ [-126, 0], a normal float) into the exponent field.
-#[inline(always)]
-fn exp_core_n<const N: usize>(k: &ExpConstants, x: [v128; N]) -> [v128; N] {
-    let mut t = x;
-    let mut n = x;
-    for i in 0..N {
-        t[i] = madd(x[i], k.log2e, k.shifter);
-        n[i] = f32x4_sub(t[i], k.shifter);
-    }
-    let mut r = x;
-    for i in 0..N {
-        r[i] = madd(n[i], k.ln2[0], x[i]);
-        r[i] = madd(n[i], k.ln2[1], r[i]);
-    }
-    let mut p = [k.p[4]; N];
-    let mut c = 4;
-    while c > 0 {
-        c -= 1;
-        for i in 0..N {
-            p[i] = madd(p[i], r[i], k.p[c]);
-        }
-    }
-    let mut y = x;
-    for i in 0..N {
-        let q = madd(f32x4_mul(p[i], r[i]), r[i], f32x4_add(r[i], k.one));
-        y[i] = f32x4_mul(q, i32x4_add(i32x4_shl(t[i], 23), k.bias));
-    }
-    y
-}
-
-// erfc(z)·e^{z²} ≈ Q(t), t = 1/(1 + z/2), on [0, 4] (t in [1/3, 1]): weighted fit of
-// e^{-z²}·(1 + z)·|error|, 1.9e-8 at most, far below the float32 rounding of the result.
-const ERFC_Q: [f32; 7] = [
-    0.008_165_317,
-    0.199_275_9,
-    0.636_197_4,
-    -0.569_643_3,
-    1.235_880_1,
-    -0.609_746_6,
-    0.099_871_11,
+// erfc(z) ≈ (1 + a₁z + … + a₇z⁷)^-16 for z ≥ 0: Hastings' form (Abramowitz & Stegun
+// 7.1.28 uses six terms) with our own fit of seven, weighted by what an error costs GELU,
+// |x|/2 · 16·p^-17; 5.4e-8 at most in exact arithmetic. No exp, and for large z the power
+// overflows to +inf and erfc to 0, so no clamp either.
+const ERFC_A: [f32; 7] = [
+    0.070_525_35,
+    0.042_256_556,
+    0.009_367_344,
+    -1.540_788e-5,
+    0.000_419_712_95,
+    -1.554_354e-5,
+    9.117_414e-6,
 ];
 
 // 2^r ≈ 1 + r·(c1 + r·(c2 + r·(c3 + r·c4))) on [-1/2, 1/2], relative error < 3e-6 in
@@ -221,26 +189,24 @@ pub fn gelu_v(x: v128) -> v128 {
 }
 
 /// [`gelu_v`] on `N` vectors at once (constants shared, chains overlapped; see
-/// [`exp_nonpos_n`]). One branch for every z = |x|/√2: erf(z) = 1 − e^{−z²}·Q(1/(1 + z/2))
-/// with z clamped to 4, where erf rounds to 1. Near 0 the subtraction cancels, but the
-/// absolute error of erf stays ~1e-7 and GELU multiplies it by |x|/2.
+/// [`exp_nonpos_n`]). One branch for every z = |x|/√2: erf(z) = 1 − (1 + a₁z + … + a₇z⁷)^-16
+/// ([`ERFC_A`]): a polynomial, four squarings and one division. Near 0 the subtraction
+/// cancels, but the absolute error of erf stays ~1e-7 and GELU multiplies it by |x|/2.
 #[inline(always)]
 pub fn gelu_n<const N: usize>(x: [v128; N]) -> [v128; N] {
     gelu_n_with(&GeluConstants::literal(), x)
 }
 
-/// GELU's 22 constants. As literals, V8 rebuilds each splat with three instructions
-/// wherever it is used (and spills the copies): in the GELU epilogue that is about a
-/// third of the instructions. [`GeluConstants::opaque`] makes them values the engine
-/// cannot rebuild, so a loop that takes them once outside keeps them in registers or
-/// reloads each from its stack slot with one instruction.
+/// GELU's 11 constants. As literals, V8 rebuilds each splat with three instructions
+/// wherever it is used (and spills the copies). [`GeluConstants::opaque`] makes them values
+/// the engine cannot rebuild, so a loop that takes them once outside keeps them in
+/// registers or reloads each from its stack slot with one instruction.
 pub struct GeluConstants {
     rsqrt2: v128,
-    four: v128,
+    erfc_a: [v128; 7],
+    one: v128,
     half: v128,
     sign: v128,
-    erfc_q: [v128; 7],
-    exp: ExpConstants,
 }
 
 impl GeluConstants {
@@ -248,11 +214,10 @@ impl GeluConstants {
     pub fn literal() -> GeluConstants {
         GeluConstants {
             rsqrt2: f32x4_splat(core::f32::consts::FRAC_1_SQRT_2),
-            four: f32x4_splat(4.0),
+            erfc_a: ERFC_A.map(|c| f32x4_splat(c)),
+            one: f32x4_splat(1.0),
             half: f32x4_splat(0.5),
             sign: f32x4_splat(-0.0),
-            erfc_q: ERFC_Q.map(|c| f32x4_splat(c)),
-            exp: ExpConstants::literal(),
         }
     }
 
@@ -266,36 +231,34 @@ impl GeluConstants {
 /// [`gelu_n`] with its constants from `k`.
 #[inline(always)]
 pub fn gelu_n_with<const N: usize>(k: &GeluConstants, x: [v128; N]) -> [v128; N] {
-    let mut zc = x;
+    let mut z = x;
     for i in 0..N {
-        zc[i] = f32x4_pmin(f32x4_abs(f32x4_mul(x[i], k.rsqrt2)), k.four);
+        z[i] = f32x4_abs(f32x4_mul(x[i], k.rsqrt2));
     }
-    let mut t = x;
-    let mut arg = x;
-    for i in 0..N {
-        t[i] = f32x4_div(k.exp.one, madd(zc[i], k.half, k.exp.one));
-        arg[i] = f32x4_neg(f32x4_mul(zc[i], zc[i]));
-    }
-    let mut q = [k.erfc_q[6]; N];
+    let mut p = [k.erfc_a[6]; N];
     let mut c = 6;
     while c > 0 {
         c -= 1;
         for i in 0..N {
-            q[i] = madd(q[i], t[i], k.erfc_q[c]);
+            p[i] = madd(p[i], z[i], k.erfc_a[c]);
         }
     }
-    // e^{-z²} for z ≤ 4 needs none of exp_nonpos_n's clamp, underflow and NaN handling
-    // (a NaN x gives some value here, and GELU's result is NaN through x anyway).
-    let e = exp_core_n(&k.exp, arg);
-    let one = k.exp.one;
+    for i in 0..N {
+        p[i] = madd(p[i], z[i], k.one);
+    }
+    for _ in 0..4 {
+        for i in 0..N {
+            p[i] = f32x4_mul(p[i], p[i]);
+        }
+    }
     let mut y = x;
     for i in 0..N {
-        // erf(|x|/√2) with the sign of x.
+        // erf(|x|/√2) = 1 − p^-16, with the sign of x.
         let erf = v128_or(
-            f32x4_sub(one, f32x4_mul(e[i], q[i])),
+            f32x4_sub(k.one, f32x4_div(k.one, p[i])),
             v128_and(x[i], k.sign),
         );
-        y[i] = f32x4_mul(f32x4_mul(x[i], k.half), f32x4_add(one, erf));
+        y[i] = f32x4_mul(f32x4_mul(x[i], k.half), f32x4_add(k.one, erf));
     }
     y
 }
