@@ -79,7 +79,19 @@ unsafe fn row_sum(x: *const f32, n: usize) -> f32 {
     unsafe {
         let mut s0 = f32x4_splat(0.0);
         let mut s1 = f32x4_splat(0.0);
+        let mut s2 = f32x4_splat(0.0);
+        let mut s3 = f32x4_splat(0.0);
         let mut i = 0;
+        // Four chains: an add's latency is 3 cycles, two chains left the loop waiting on them.
+        while i + 16 <= n {
+            s0 = f32x4_add(s0, load(x.add(i)));
+            s1 = f32x4_add(s1, load(x.add(i + 4)));
+            s2 = f32x4_add(s2, load(x.add(i + 8)));
+            s3 = f32x4_add(s3, load(x.add(i + 12)));
+            i += 16;
+        }
+        s0 = f32x4_add(s0, s2);
+        s1 = f32x4_add(s1, s3);
         while i + 8 <= n {
             s0 = f32x4_add(s0, load(x.add(i)));
             s1 = f32x4_add(s1, load(x.add(i + 4)));
@@ -103,7 +115,22 @@ unsafe fn row_centered_squares(x: *const f32, n: usize, center: f32) -> f32 {
         let cv = f32x4_splat(center);
         let mut s0 = f32x4_splat(0.0);
         let mut s1 = f32x4_splat(0.0);
+        let mut s2 = f32x4_splat(0.0);
+        let mut s3 = f32x4_splat(0.0);
         let mut i = 0;
+        while i + 16 <= n {
+            let d0 = f32x4_sub(load(x.add(i)), cv);
+            let d1 = f32x4_sub(load(x.add(i + 4)), cv);
+            let d2 = f32x4_sub(load(x.add(i + 8)), cv);
+            let d3 = f32x4_sub(load(x.add(i + 12)), cv);
+            s0 = madd(d0, d0, s0);
+            s1 = madd(d1, d1, s1);
+            s2 = madd(d2, d2, s2);
+            s3 = madd(d3, d3, s3);
+            i += 16;
+        }
+        s0 = f32x4_add(s0, s2);
+        s1 = f32x4_add(s1, s3);
         while i + 8 <= n {
             let d0 = f32x4_sub(load(x.add(i)), cv);
             let d1 = f32x4_sub(load(x.add(i + 4)), cv);
