@@ -29,8 +29,8 @@
 //! they would be in float32.
 
 use crate::attention::{bound, seg};
-use crate::int8::{Act, ROUNDER, quantize_rows};
-use crate::math::{ReproducibleExpConstants, exp_nonpos_reproducible_n};
+use crate::int8::{Act, quantize_rows};
+use crate::math::{ROUNDER, ReproducibleExpConstants, exp_nonpos_reproducible_n};
 use crate::simd::*;
 
 /// Query rows per tile.

@@ -18,7 +18,7 @@
 //! widening both i8 operands lets LLVM narrow the product to `i16x8.mul` plus a pairwise
 //! add, twice the instructions.
 
-use crate::math::gelu_strip;
+use crate::math::{ROUNDER, gelu_strip};
 use crate::simd::*;
 
 const MR: usize = 2;
@@ -71,12 +71,6 @@ pub unsafe extern "C" fn gemm_pack_int8(
         }
     }
 }
-
-/// `1.5·2²³`: for `|x| ≤ 2²²`, `f32(x + ROUNDER)` is `ROUNDER + nearest(x)` (ties to
-/// even, as `f32x4.nearest`), an integer in the low mantissa bits, so the bits of the sum
-/// minus the bits of `ROUNDER` are `nearest(x)` without a float-to-int conversion (which
-/// V8 lowers to ~8 instructions on x64 for its NaN and overflow rules).
-pub(crate) const ROUNDER: f32 = 12_582_912.0;
 
 /// Quantizes each of `m` rows of `k` floats to unsigned 7-bit: `out` is `[m][k16]` bytes
 /// (tail zero), `scales[i]` and `zeros[i]` give `x ≈ scales[i]·(q - zeros[i])`.
