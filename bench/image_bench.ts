@@ -11,9 +11,11 @@
  */
 
 import encodeJpeg from "@jsquash/jpeg/encode.js";
+import decodePngWasm from "@jsquash/png/decode.js";
 import encodePng from "@jsquash/png/encode.js";
 import encodeWebp from "@jsquash/webp/encode.js";
 import { decodeImage, initDecoders } from "../src/image/decode.ts";
+import { decodePng } from "../src/image/png.ts";
 import { preprocess, timmPreprocess, transformImage } from "../src/image/preprocess.ts";
 import type { RawImage } from "../src/image/raw_image.ts";
 import { resize } from "../src/image/resize.ts";
@@ -52,6 +54,23 @@ for (const [name, bytes] of Object.entries(files)) {
 for (const [name, bytes] of Object.entries(files)) {
   Deno.bench(`decode ${name}`, { group: name.split(" ")[1] }, async () => {
     await decodeImage(bytes);
+  });
+}
+
+// The PNG decoder against the Rust `png` wasm build it replaced (which decodes to the
+// same bytes but breaks after a few hundred corrupt files), both to straight RGBA.
+for (const [w] of sizes) {
+  const bytes = files[`png ${w}²`];
+  Deno.bench(`png ${w}² decodePng (TypeScript + DecompressionStream)`, {
+    group: `png codec ${w}²`,
+    baseline: true,
+  }, async () => {
+    await decodePng(bytes);
+  });
+  Deno.bench(`png ${w}² @jsquash/png (Rust png, wasm; before)`, {
+    group: `png codec ${w}²`,
+  }, async () => {
+    await decodePngWasm(bytes.slice().buffer);
   });
 }
 

@@ -21,8 +21,6 @@ export interface WasmAssets {
   kernelsPlain: Uint8Array;
   /** `@jsquash/jpeg/codec/dec/mozjpeg_dec.wasm` */
   jpeg: Uint8Array;
-  /** `@jsquash/png/codec/pkg/squoosh_png_bg.wasm` */
-  png: Uint8Array;
   /** `@jsquash/webp/codec/dec/webp_dec.wasm` */
   webp: Uint8Array;
 }

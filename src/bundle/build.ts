@@ -92,7 +92,6 @@ const FALLBACK_MODEL = "../shared/fixtures/parity/vitpytorch-vit-cls";
 
 const DECODER_FILES = {
   jpeg: ["@jsquash/jpeg", "codec/dec/mozjpeg_dec.wasm"],
-  png: ["@jsquash/png", "codec/pkg/squoosh_png_bg.wasm"],
   webp: ["@jsquash/webp", "codec/dec/webp_dec.wasm"],
 } as const;
 

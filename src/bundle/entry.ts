@@ -76,12 +76,10 @@ function prepareDecoders(): Promise<void> {
   decodersReady ??= (async () => {
     const wasm = assets.wasm;
     if (!wasm) return await initDecoders();
-    const [jpeg, png, webp] = await Promise.all(
-      [wasm.jpeg, wasm.png, wasm.webp].map((bytes) =>
-        WebAssembly.compile(bytes as Uint8Array<ArrayBuffer>)
-      ),
+    const [jpeg, webp] = await Promise.all(
+      [wasm.jpeg, wasm.webp].map((bytes) => WebAssembly.compile(bytes as Uint8Array<ArrayBuffer>)),
     );
-    await initDecoders({ jpeg, png, webp });
+    await initDecoders({ jpeg, webp });
   })();
   decodersReady.catch(() => (decodersReady = null));
   return decodersReady;

@@ -2,22 +2,27 @@
  * Decoding JPEG, PNG and WebP bytes to pixels, with the header checked against size
  * limits first, EXIF orientation applied, and alpha flattened.
  *
- * The decoders are the `@jsquash/*` WebAssembly builds of libjpeg-turbo (MozJPEG), the
- * Rust `png` crate and libwebp, the codecs PIL links (libjpeg-turbo, zlib, libwebp),
- * so decoded pixels match PIL's. Each package fetches its `.wasm` from beside its own
- * JS on first use; in Deno that is a `file:` URL in the npm cache, read with
- * `--allow-read`. Where there is no file system, compile the `.wasm` files yourself
- * and hand them to {@link initDecoders}.
+ * JPEG and WebP go through the `@jsquash/*` WebAssembly builds of libjpeg-turbo
+ * (MozJPEG) and libwebp, the codecs PIL links, so decoded pixels match PIL's; PNG goes
+ * through {@link decodePng}, in TypeScript over the platform's zlib. Each package fetches
+ * its `.wasm` from beside its own JS on first use; in Deno that is a `file:` URL in the
+ * npm cache, read with `--allow-read`. Where there is no file system, compile the
+ * `.wasm` files yourself and hand them to {@link initDecoders}.
+ *
+ * libjpeg leaves a failed decode through emscripten's `exit()`, which unwinds past the
+ * frames that would give back its stack and heap; after a few hundred corrupt files an
+ * instance hung on the next one. So every failed JPEG decode is followed by a fresh
+ * instance (about 1.5 ms). libwebp returns its errors and needs none.
  *
  * @module
  */
 
 import decodeJpegWasm, { init as initJpegWasm } from "@jsquash/jpeg/decode.js";
-import decodePngWasm, { init as initPngWasm } from "@jsquash/png/decode.js";
 import decodeWebpWasm, { init as initWebpWasm } from "@jsquash/webp/decode.js";
 import { EdgeVitError } from "../errors.ts";
 import { type Background, flattenAlpha, toGrayscale } from "./color.ts";
 import { applyOrientation, readOrientation } from "./exif.ts";
+import { decodePng } from "./png.ts";
 import type { RawImage } from "./raw_image.ts";
 import { checkLimits, type ImageFormat, type ImageInfo, type ImageLimits } from "./sniff.ts";
 import { formatName, sniffImage } from "./sniff.ts";
@@ -44,8 +49,6 @@ export interface DecodedImage extends RawImage {
 export interface DecoderModules {
   /** `@jsquash/jpeg/codec/dec/mozjpeg_dec.wasm` */
   jpeg?: WebAssembly.Module;
-  /** `@jsquash/png/codec/pkg/squoosh_png_bg.wasm` */
-  png?: WebAssembly.Module;
   /** `@jsquash/webp/codec/dec/webp_dec.wasm` */
   webp?: WebAssembly.Module;
 }
@@ -100,7 +103,7 @@ export async function decodeRgba(bytes: Uint8Array, info: ImageInfo): Promise<Ra
   let decoded: Decoded;
   try {
     if (info.format === "jpeg") decoded = await decodeJpeg(bytes);
-    else if (info.format === "png") decoded = await decodePngWasm(copyBuffer(bytes));
+    else if (info.format === "png") decoded = await decodePng(bytes);
     else decoded = await decodeWebpWasm(copyBuffer(bytes));
   } catch (error) {
     if (error instanceof EdgeVitError) throw error;
@@ -128,15 +131,15 @@ export async function decodeRgba(bytes: Uint8Array, info: ImageInfo): Promise<Ra
 // Decoder loading. Each decoder is proven on a 1-pixel image once, so a failure to load
 // its wasm is reported as such and never blamed on the user's image.
 
-const PROBES: Record<ImageFormat, string> = {
+const PROBES: Record<"jpeg" | "webp", string> = {
   jpeg:
     "/9j/4AAQSkZJRgABAQAAAQABAAD/2wBDAAIBAQEBAQIBAQECAgICAgQDAgICAgUEBAMEBgUGBgYFBgYGBwkIBgcJBwYGCAsICQoKCgoKBggLDAsKDAkKCgr/wAALCAABAAEBAREA/8QAFAABAAAAAAAAAAAAAAAAAAAACP/EABQQAQAAAAAAAAAAAAAAAAAAAAD/2gAIAQEAAD8AGb//2Q==",
-  png:
-    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGPgOiEHAAHQAPEkXJH0AAAAAElFTkSuQmCC",
   webp: "UklGRh4AAABXRUJQVlA4TBEAAAAvAAAAAAdQ5CrUo/+BiOh/AAA=",
 };
 
 let ready: Promise<void> | null = null;
+/** Replaces the libjpeg instance with a new one, from the modules initDecoders was given. */
+let freshJpegInstance: () => Promise<void> = () => Promise.resolve();
 
 /** What the decoders return (an ImageData, or its polyfill): 8-bit RGBA. */
 interface Decoded {
@@ -149,7 +152,7 @@ interface Decoded {
 type EmscriptenInit = (...args: unknown[]) => Promise<void>;
 
 /**
- * Loads and checks the three decoders. {@link decodeImage} calls it on first use;
+ * Loads and checks the JPEG and WebP decoders. {@link decodeImage} calls it on first use;
  * call it at startup to take the wasm compile off the first request, or with
  * precompiled modules where the package files cannot be fetched. Only the first call's
  * modules are used.
@@ -168,28 +171,27 @@ export function initDecoders(modules: DecoderModules = {}): Promise<void> {
     const quiet = { print: () => {}, printErr: (line: string) => jpegMessages.push(line) };
     const initJpeg = initJpegWasm as unknown as EmscriptenInit;
     const initWebp = initWebpWasm as unknown as EmscriptenInit;
-    if (modules.jpeg) await initJpeg(modules.jpeg, quiet);
-    else await initJpeg(quiet);
-    await initPngWasm(modules.png);
+    // Compiled once: a failed decode is followed by a new instance of this module.
+    const jpegModule = modules.jpeg ?? await compilePackageWasm(
+      import.meta.resolve("@jsquash/jpeg/decode.js"),
+      "codec/dec/mozjpeg_dec.wasm",
+    ).catch((error) => {
+      throw loadFailure("jpeg", error);
+    });
+    freshJpegInstance = () => initJpeg(jpegModule, quiet);
+    await freshJpegInstance();
     const silent = { print: () => {}, printErr: () => {} };
     if (modules.webp) await initWebp(modules.webp, silent);
     else await initWebp(silent);
-    for (const format of ["jpeg", "png", "webp"] as const) {
+    for (const format of ["jpeg", "webp"] as const) {
       const probe = Uint8Array.from(atob(PROBES[format]), (c) => c.charCodeAt(0));
       try {
         const decoded = format === "jpeg"
           ? await decodeJpeg(probe)
-          : format === "png"
-          ? await decodePngWasm(probe.buffer)
           : await decodeWebpWasm(probe.buffer);
         if (decoded.width !== 1) throw new Error("probe decoded to the wrong size");
       } catch (error) {
-        throw new EdgeVitError(
-          "backend_failure",
-          `The ${formatName(format)} decoder could not be loaded (in Deno it needs ` +
-            `--allow-read for the npm cache): ${describe(error)}`,
-          { cause: error },
-        );
+        throw loadFailure(format, error);
       }
     }
   })();
@@ -219,6 +221,8 @@ function decodeJpeg(bytes: Uint8Array): Promise<Decoded> {
       if (error instanceof EdgeVitError) throw error;
       // libjpeg exits through emscripten's exit(); its own message is the useful part.
       const reason = jpegMessages.at(-1) ?? describe(error);
+      // The instance that failed has lost stack and heap (see the module note).
+      await freshJpegInstance();
       throw new EdgeVitError("invalid_image", `JPEG could not be decoded: ${reason}`, {
         cause: error,
       });
@@ -245,6 +249,28 @@ function hasEndOfImage(bytes: Uint8Array): boolean {
     if (bytes[i] === 0xff && bytes[i + 1] === 0xd9) return true;
   }
   return false;
+}
+
+function loadFailure(format: ImageFormat, error: unknown): EdgeVitError {
+  return new EdgeVitError(
+    "backend_failure",
+    `The ${formatName(format)} decoder could not be loaded (in Deno it needs ` +
+      `--allow-read for the npm cache): ${describe(error)}`,
+    { cause: error },
+  );
+}
+
+/**
+ * Compiles a `.wasm` file that sits beside a package's JS, found the way that package's
+ * own loader finds it (a `file:` URL in Deno's npm cache).
+ */
+async function compilePackageWasm(
+  packageScript: string,
+  file: string,
+): Promise<WebAssembly.Module> {
+  const response = await fetch(new URL(file, packageScript));
+  if (!response.ok) throw new Error(`${file}: HTTP ${response.status}`);
+  return await WebAssembly.compile(await response.arrayBuffer());
 }
 
 /** The decoders take an ArrayBuffer; give them one that holds exactly these bytes. */
