@@ -70,3 +70,13 @@ export function pngHeader(width: number, height: number, depth = 8, colorType = 
   out.set([0x49, 0x44, 0x41, 0x54], 37);
   return out;
 }
+
+/** CRC-32 as PNG chunks use it, bit by bit: a reference independent of src/image/png.ts. */
+export function crc32(bytes: Uint8Array): number {
+  let c = ~0;
+  for (const byte of bytes) {
+    c ^= byte;
+    for (let k = 0; k < 8; k++) c = c & 1 ? (c >>> 1) ^ 0xedb88320 : c >>> 1;
+  }
+  return ~c >>> 0;
+}

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { EdgeVitError } from "../../src/errors.ts";
 import { decodeImage } from "../../src/image/decode.ts";
 import { decodePng } from "../../src/image/png.ts";
-import { FIXTURES, sha256 } from "./_fixtures.ts";
+import { crc32, FIXTURES, sha256 } from "./_fixtures.ts";
 
 // ---------------------------------------------------------------------------------------
 // A test-side PNG writer: any colour type, bit depth, interlacing and filter per row, from
@@ -15,15 +15,6 @@ const ADAM7 = [[0, 0, 8, 8], [4, 0, 8, 8], [0, 4, 4, 8], [2, 0, 4, 4], [0, 2, 2,
   1,
   2,
 ]];
-
-function crc32(bytes: Uint8Array): number {
-  let c = ~0;
-  for (const byte of bytes) {
-    c ^= byte;
-    for (let k = 0; k < 8; k++) c = c & 1 ? (c >>> 1) ^ 0xedb88320 : c >>> 1;
-  }
-  return ~c >>> 0;
-}
 
 function chunk(type: string, data: Uint8Array): Uint8Array {
   const out = new Uint8Array(12 + data.length);
