@@ -28,13 +28,13 @@ const SIGNATURE = [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a];
 
 /** Samples per pixel, by colour type. */
 const CHANNELS: Record<number, number> = { 0: 1, 2: 3, 3: 1, 4: 2, 6: 4 };
-/** Bit depths the specification allows, by colour type. */
-const BIT_DEPTHS: Record<number, number[]> = {
-  0: [1, 2, 4, 8, 16],
-  2: [8, 16],
-  3: [1, 2, 4, 8],
-  4: [8, 16],
-  6: [8, 16],
+/** Bit depths the PNG specification allows, by colour type (also checked by `sniffImage`). */
+export const PNG_BIT_DEPTHS: Readonly<Record<number, readonly number[]>> = {
+  0: [1, 2, 4, 8, 16], // gray
+  2: [8, 16], // RGB
+  3: [1, 2, 4, 8], // palette
+  4: [8, 16], // gray + alpha
+  6: [8, 16], // RGBA
 };
 
 /** Adam7 passes: first column, first row, column step, row step. */
@@ -207,8 +207,8 @@ function parseHeader(data: Uint8Array): Header {
   if (width === 0 || height === 0 || width > 0x7fffffff || height > 0x7fffffff) {
     throw invalid(`header gives an invalid size ${width}×${height}`);
   }
-  if (!(colorType in BIT_DEPTHS)) throw invalid(`has an invalid colour type ${colorType}`);
-  if (!BIT_DEPTHS[colorType].includes(bitDepth)) {
+  if (!(colorType in PNG_BIT_DEPTHS)) throw invalid(`has an invalid colour type ${colorType}`);
+  if (!PNG_BIT_DEPTHS[colorType].includes(bitDepth)) {
     throw invalid(`has an invalid bit depth ${bitDepth} for colour type ${colorType}`);
   }
   if (compression !== 0) throw invalid(`has an unknown compression method ${compression}`);

@@ -7,6 +7,7 @@
  */
 
 import { EdgeVitError } from "../errors.ts";
+import { PNG_BIT_DEPTHS } from "./png.ts";
 
 /** Image formats edgevit decodes. */
 export type ImageFormat = "jpeg" | "png" | "webp";
@@ -187,14 +188,6 @@ function parseJpeg(bytes: Uint8Array): ImageInfo {
 // ---------------------------------------------------------------------------------------
 // PNG: the first chunk must be IHDR.
 
-const PNG_DEPTHS: Record<number, number[]> = {
-  0: [1, 2, 4, 8, 16], // grayscale
-  2: [8, 16], // RGB
-  3: [1, 2, 4, 8], // palette
-  4: [8, 16], // grayscale + alpha
-  6: [8, 16], // RGBA
-};
-
 function parsePng(bytes: Uint8Array): ImageInfo {
   if (bytes.length < 8 + 8 + 13) {
     throw new EdgeVitError("invalid_image", "PNG is truncated before the end of its IHDR chunk");
@@ -206,7 +199,7 @@ function parsePng(bytes: Uint8Array): ImageInfo {
   const height = readU32BE(bytes, 20);
   const depth = bytes[24];
   const colorType = bytes[25];
-  if (!PNG_DEPTHS[colorType]?.includes(depth)) {
+  if (!PNG_BIT_DEPTHS[colorType]?.includes(depth)) {
     throw new EdgeVitError(
       "invalid_image",
       `PNG has an invalid bit depth ${depth} for color type ${colorType}`,
