@@ -6,8 +6,10 @@
  *                             [--batches 1,8] [--runs 5] [--json-out FILE]
  *
  * `--json` prints a JSON array instead of the tables: one object per model and batch,
- * `{model, batch, msPerImage, speedup, cpuMsPerImage, maxAbsDiff, top1Agreement}`, each
- * a map keyed by runner; a runner that did not run is `null` in every map.
+ * `{model, batch, msPerImage, speedup, pairedSpeedup, cpuMsPerImage, maxAbsDiff,
+ * top1Agreement}`, each a map keyed by runner; a runner that did not run is `null` in every
+ * map. `speedup` is ort-web-1t's median time over the runner's; `pairedSpeedup` is the
+ * median of that ratio taken round by round (see the `Row` interface).
  * `--json-out FILE` writes that JSON to FILE as well.
  *
  * Random-weight models are built once by models/export/export_onnx.py (Debian's torch,
@@ -105,6 +107,12 @@ interface Row {
   batch: number;
   msPerImage: Record<RunnerName, number | null>;
   speedup: Record<RunnerName, number | null>;
+  /**
+   * Median over rounds of ort-web-1t's time divided by the runner's time *in the same
+   * round*. The host's speed flips within seconds; a round is short, so both times of a
+   * pair see one speed, while the medians behind `speedup` may come from different ones.
+   */
+  pairedSpeedup: Record<RunnerName, number | null>;
   maxAbsDiff: Record<RunnerName, number | null>;
   /** Process CPU time per image (all threads), the contention-proof companion of msPerImage. */
   cpuMsPerImage: Record<RunnerName, number | null>;
@@ -402,6 +410,7 @@ async function benchBatch(
     batch,
     msPerImage: emptyMap(),
     speedup: emptyMap(),
+    pairedSpeedup: emptyMap(),
     maxAbsDiff: emptyMap(),
     cpuMsPerImage: emptyMap(),
     top1Agreement: emptyMap(),
@@ -464,6 +473,12 @@ async function benchBatch(
     const ms = row.msPerImage[name];
     row.speedup[name] = base !== null && ms !== null ? base / ms : null;
   }
+  const baseTimes = times.get(BASELINE);
+  for (const runner of timed) {
+    if (!baseTimes) break;
+    const own = times.get(runner.name)!;
+    row.pairedSpeedup[runner.name] = median(own.map((t, round) => baseTimes[round].ms / t.ms));
+  }
   return row;
 }
 
@@ -511,6 +526,11 @@ function table(rows: Row[], reasons: Map<string, Partial<Record<RunnerName, stri
     ),
     "",
     "ms/image (wall clock, median), speedup over ort-web-1t in parentheses.",
+    "",
+    "Speedup over ort-web-1t paired by round (median over rounds of ort-web-1t's time / the",
+    "runner's time in the same round; robust to the host's speed changing between rounds):",
+    "",
+    ...grid(rows, (row, name) => row.pairedSpeedup[name]?.toFixed(2)),
     "",
     "CPU ms/image (process CPU time, all threads, median):",
     "",
@@ -577,6 +597,7 @@ async function main() {
       batch: row.batch,
       msPerImage: row.msPerImage,
       speedup: row.speedup,
+      pairedSpeedup: row.pairedSpeedup,
       cpuMsPerImage: row.cpuMsPerImage,
       maxAbsDiff: row.maxAbsDiff,
       top1Agreement: row.top1Agreement,
