@@ -318,32 +318,6 @@ pub unsafe extern "C" fn attention_f32(
     }
 }
 
-/// 4×4 transpose: lane `i` of vector `j` goes to lane `j` of vector `i`.
-#[inline(always)]
-fn transpose4(a: v128, b: v128, c: v128, d: v128) -> [v128; 4] {
-    let t0 = i32x4_shuffle::<0, 4, 1, 5>(a, b);
-    let t1 = i32x4_shuffle::<2, 6, 3, 7>(a, b);
-    let t2 = i32x4_shuffle::<0, 4, 1, 5>(c, d);
-    let t3 = i32x4_shuffle::<2, 6, 3, 7>(c, d);
-    [
-        i32x4_shuffle::<0, 1, 4, 5>(t0, t2),
-        i32x4_shuffle::<2, 3, 6, 7>(t0, t2),
-        i32x4_shuffle::<0, 1, 4, 5>(t1, t3),
-        i32x4_shuffle::<2, 3, 6, 7>(t1, t3),
-    ]
-}
-
-/// The 4 lanes of `v`, each splatted (register shuffles: no bounds-checked loads).
-#[inline(always)]
-fn lanes(v: v128) -> [v128; 4] {
-    [
-        i32x4_shuffle::<0, 0, 0, 0>(v, v),
-        i32x4_shuffle::<1, 1, 1, 1>(v, v),
-        i32x4_shuffle::<2, 2, 2, 2>(v, v),
-        i32x4_shuffle::<3, 3, 3, 3>(v, v),
-    ]
-}
-
 /// `p[c·8 + key][r] = qp[:, r] · kt[c][:, key]` for `chunks` chunks of 8 keys: per head
 /// dim, one load brings the 4 query values (splatted by register shuffles) and two loads
 /// the 8 keys, 3 loads per 8 FMAs; the tile is transposed once at the end.

@@ -83,3 +83,29 @@ pub unsafe fn store_partial(p: *mut f32, v: v128, n: usize) {
         }
     }
 }
+
+/// 4×4 transpose: lane `i` of vector `j` goes to lane `j` of vector `i`.
+#[inline(always)]
+pub fn transpose4(a: v128, b: v128, c: v128, d: v128) -> [v128; 4] {
+    let t0 = i32x4_shuffle::<0, 4, 1, 5>(a, b);
+    let t1 = i32x4_shuffle::<2, 6, 3, 7>(a, b);
+    let t2 = i32x4_shuffle::<0, 4, 1, 5>(c, d);
+    let t3 = i32x4_shuffle::<2, 6, 3, 7>(c, d);
+    [
+        i32x4_shuffle::<0, 1, 4, 5>(t0, t2),
+        i32x4_shuffle::<2, 3, 6, 7>(t0, t2),
+        i32x4_shuffle::<0, 1, 4, 5>(t1, t3),
+        i32x4_shuffle::<2, 3, 6, 7>(t1, t3),
+    ]
+}
+
+/// The 4 lanes of `v`, each splatted (register shuffles: no bounds-checked loads).
+#[inline(always)]
+pub fn lanes(v: v128) -> [v128; 4] {
+    [
+        i32x4_shuffle::<0, 0, 0, 0>(v, v),
+        i32x4_shuffle::<1, 1, 1, 1>(v, v),
+        i32x4_shuffle::<2, 2, 2, 2>(v, v),
+        i32x4_shuffle::<3, 3, 3, 3>(v, v),
+    ]
+}
