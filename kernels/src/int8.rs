@@ -12,8 +12,12 @@
 //! epilogue is `f32(acc - z·rowsum) · f32(s_x·s_w) + bias` with separate multiply and add
 //! (never fused), which a TypeScript reference reproduces bit for bit.
 //!
-//! Same dot form as the float GEMM (gemm.rs), but one `v128` load now carries 16 k-values:
-//! a 2 × 4 tile does 128 multiply-adds per 6 loads. The plain build stores the quantized
+//! Dot form: each of a `2 × 4` tile's accumulators holds 4 partial sums along K of one
+//! (row, column) pair, and one `v128` load carries 16 k-values, so the tile does 128
+//! multiply-adds per 6 loads. (The float GEMM moved to the broadcast form, gemm.rs. Its int8
+//! analogue, activations interleaved in 4-row tiles and splat by shuffles, took 1.03× the
+//! time of this form while the core was ours alone and 0.88× while the host shared it:
+//! too close a call to carry a second layout; bench/README.md, "Seventh session".) The plain build stores the quantized
 //! activations as i16 so `dot_i16x8_s` reads them directly (only weights are widened);
 //! widening both i8 operands lets LLVM narrow the product to `i16x8.mul` plus a pairwise
 //! add, twice the instructions.

@@ -55,7 +55,7 @@ class WasmLinear implements LinearWeights {
   constructor(
     readonly owner: WasmBackend,
     /**
-     * f32: packed `[N/4][K/4][4][4]` floats (kernels/src/gemm.rs); int8: packed
+     * f32: packed `[N/8][K][8]` floats (kernels/src/gemm.rs); int8: packed
      * `[N/4][K/16][4][16]` bytes (kernels/src/int8.rs).
      */
     readonly packed: number,
