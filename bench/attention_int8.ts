@@ -14,6 +14,7 @@
 
 import { Kernels } from "../wasm/kernels.ts";
 import { seededRandom } from "../src/models/vit.ts";
+import { selfAttention } from "./_attention.ts";
 
 const roundsAt = Deno.args.indexOf("--rounds");
 const rounds = roundsAt >= 0 ? Number(Deno.args[roundsAt + 1]) : 25;
@@ -48,24 +49,14 @@ for (const [tokens, heads, headDim] of SHAPES) {
   const scratchF32 = kernels.alloc(e.attention_scratch_len_f32(tokens, headDim) * 4);
   const scratchInt8 = kernels.alloc(e.attention_scratch_len_int8(tokens, tokens, headDim));
   const run = (int8: boolean) =>
-    (int8 ? e.attention_int8 : e.attention_f32)(
+    selfAttention(e, int8, {
       qkv,
-      3 * width,
-      qkv + width * 4,
-      3 * width,
-      qkv + 2 * width * 4,
-      3 * width,
       out,
-      tokens,
       tokens,
       heads,
       headDim,
-      headDim ** -0.5,
-      0,
-      0,
-      0,
-      int8 ? scratchInt8 : scratchF32,
-    );
+      scratch: int8 ? scratchInt8 : scratchF32,
+    });
   const times: Record<"f32" | "int8", number[]> = { f32: [], int8: [] };
   for (let round = 0; round < rounds + 3; round++) {
     for (const kind of ["f32", "int8"] as const) {

@@ -18,6 +18,7 @@
 
 import { WasmBackend } from "../src/backends/wasm/wasm_backend.ts";
 import { seededRandom } from "../src/models/vit.ts";
+import { selfAttention } from "./_attention.ts";
 
 function option(name: string, fallback: number): number {
   const at = Deno.args.indexOf(name);
@@ -67,30 +68,11 @@ function attentionCase(int8: boolean): Case {
       ? exports.attention_scratch_len_int8(tokens, tokens, headDim)
       : 4 * exports.attention_scratch_len_f32(tokens, headDim),
   );
-  const attend = int8 ? exports.attention_int8 : exports.attention_f32;
-  const [k, v] = [qkv + width * 4, qkv + 2 * width * 4];
+  const call = { qkv, out, tokens, heads, headDim, scratch };
   return {
     name: `${int8 ? "i8" : "f32"} attention`,
     ops: 2 * 2 * tokens * tokens * headDim * heads,
-    run: () =>
-      attend(
-        qkv,
-        3 * width,
-        k,
-        3 * width,
-        v,
-        3 * width,
-        out,
-        tokens,
-        tokens,
-        heads,
-        headDim,
-        0.125,
-        0,
-        0,
-        0,
-        scratch,
-      ),
+    run: () => selfAttention(exports, int8, call),
   };
 }
 
