@@ -10,11 +10,12 @@
 //! trap handler), so a load costs ~3 instructions and the loop's speed depends on its
 //! instruction count, not only on its FMAs. A k-step here is 3 loads, 4 shuffles and 8
 //! FMAs; the dot form used before (2 × 4 tiles over `[K/4][4][4]` panels) needed 6 loads
-//! per 8 FMAs. With the core to itself each runs at ~50 GFLOP/s (this form ~3% behind), but
-//! this project's host often lends half of the core's front end to another tenant for
-//! seconds at a time: then the dot form fell to 27–30 GFLOP/s and this one holds 37–42
-//! (bench/README.md, "Seventh session"). Unrolling the k loop makes LLVM chain the
-//! accumulators and V8 spill them (measured 0.55×).
+//! per 8 FMAs. With the core to itself each runs at ~50 GFLOP/s (this form ~3% behind). But
+//! this project's VM often spends seconds to minutes retiring about half the instructions
+//! (most likely a tenant on the core's SMT sibling, `bench/phases.ts` shows it): then the
+//! dot form fell to 26–32 GFLOP/s and this one holds 33–42 (bench/README.md, "Seventh
+//! session"). Unrolling the k loop makes LLVM chain the accumulators and V8 spill them
+//! (measured 0.55×).
 //!
 //! K is cut into blocks of `KC`, so a `KC × NR` B sliver (16 KiB) and a packed `KC × MR`
 //! A quad (8 KiB) stay in L1 while the quads of an `MC`-row block pass over the sliver; the
