@@ -35,11 +35,12 @@ pub const KC: usize = 512;
 /// big block and a sliver.
 pub const MC: usize = 256;
 
-/// Rows of each M-block for `m` rows: a multiple of `MR`, at most `MC`.
+/// Rows of each of the balanced M-blocks that cover `m` rows: a multiple of `multiple`, at
+/// most `most` (for `most` a multiple of `multiple`), never a big block and a sliver.
 #[inline(always)]
-fn block_rows(m: usize) -> usize {
-    let blocks = m.div_ceil(MC).max(1);
-    m.div_ceil(blocks).div_ceil(MR) * MR
+pub(crate) fn balanced_block_rows(m: usize, most: usize, multiple: usize) -> usize {
+    let blocks = m.div_ceil(most).max(1);
+    m.div_ceil(blocks).div_ceil(multiple) * multiple
 }
 
 /// Floats of the packed B for an `[n, k]` weight.
@@ -52,7 +53,7 @@ pub extern "C" fn gemm_packed_len_f32(n: usize, k: usize) -> usize {
 /// of one K-block of A.
 #[unsafe(no_mangle)]
 pub extern "C" fn gemm_scratch_len_f32(m: usize, k: usize) -> usize {
-    block_rows(m) * k.min(KC)
+    balanced_block_rows(m, MC, MR) * k.min(KC)
 }
 
 /// Packs `w` (`[n, k]` row-major) into `out` (`gemm_packed_len_f32(n, k)` floats): panels
@@ -189,7 +190,7 @@ pub unsafe extern "C" fn gemm_f32(
         if m == 0 || n == 0 {
             return;
         }
-        let rows_per_block = block_rows(m);
+        let rows_per_block = balanced_block_rows(m, MC, MR);
         let zero = f32x4_splat(0.0);
         let mut k0 = 0;
         loop {

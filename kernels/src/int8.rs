@@ -22,6 +22,7 @@
 //! widening both i8 operands lets LLVM narrow the product to `i16x8.mul` plus a pairwise
 //! add, twice the instructions.
 
+use crate::gemm::balanced_block_rows;
 use crate::math::{ROUNDER, gelu_strip};
 use crate::simd::*;
 
@@ -366,8 +367,7 @@ pub unsafe extern "C" fn gemm_int8(
         let gelu = gelu != 0;
         // Balanced M-blocks of ≤ MC rows keep the quantized activations in L2 while every
         // weight panel passes over them (as in gemm.rs).
-        let blocks = m.div_ceil(MC);
-        let block_rows = m.div_ceil(blocks).div_ceil(MR) * MR;
+        let block_rows = balanced_block_rows(m, MC, MR);
         let mut m0 = 0;
         while m0 < m {
             let m_end = if m - m0 < block_rows {
