@@ -474,10 +474,11 @@ async function benchBatch(
     row.speedup[name] = base !== null && ms !== null ? base / ms : null;
   }
   const baseTimes = times.get(BASELINE);
-  for (const runner of timed) {
-    if (!baseTimes) break;
-    const own = times.get(runner.name)!;
-    row.pairedSpeedup[runner.name] = median(own.map((t, round) => baseTimes[round].ms / t.ms));
+  if (baseTimes) {
+    for (const runner of timed) {
+      const own = times.get(runner.name)!;
+      row.pairedSpeedup[runner.name] = median(own.map((t, round) => baseTimes[round].ms / t.ms));
+    }
   }
   return row;
 }
